@@ -84,7 +84,10 @@ def test_chunked_equals_naive_float64(
 def test_chunked_equals_naive_float32(n: int, v: int, name: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     s, t = 4 * torch.randn(n, v, generator=g), 4 * torch.randn(n, v, generator=g)
-    (v0, gs0, gt0), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
+    (_, _, _), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
+    # the reference: the naive path in float64 on the same float32 values (float32 paths differ by rounding)
+    (v0, gs0, gt0), _ = _both(LOSSES[name], s.double(), t.double(), None, temperature=1.3, chunk_size=7)
+    v1, gs1, gt1 = v1.double(), gs1.double(), gt1.double()
     _close(v1, v0, 1e-5, 1e-7)
     scale = max(float(gs0.abs().max()), float(gt0.abs().max()))
     _close(gs1, gs0, 1e-5, 1e-6 * scale)
@@ -188,3 +191,108 @@ def test_no_nan_for_very_negative_log_probs() -> None:
             (gs,) = torch.autograd.grad(out, s_)
             assert torch.isfinite(out)
             assert torch.isfinite(gs).all()
+
+
+def _student_only(loss: Callable[..., Any], s: torch.Tensor, t: torch.Tensor, **kw: Any) -> list[Any]:
+    """Value and student gradient of the naive and chunked paths with a teacher that needs no gradient (the
+    fast per-chunk kernel of forward, reverse and symmetric KL)."""
+    out = []
+    for impl in ("naive", "chunked"):
+        s_ = s.detach().clone().requires_grad_()
+        v = loss(s_, t, implementation=impl, **kw)
+        (gs,) = torch.autograd.grad(v.sum() * 1.7, s_)
+        out.append((v, gs))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 13),
+    v=st.integers(1, 9),
+    chunk=st.integers(1, 5),
+    name=st.sampled_from(["forward", "reverse", "symmetric"]),
+    temperature=st.sampled_from([1.0, 0.7, 2.5]),
+    reduction=st.sampled_from(["batchmean", "sum", "mean", "none"]),
+    ignore=st.sampled_from(["none", "some", "all"]),
+    near=st.booleans(),
+    inf=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_kernel_equals_naive_float64(
+    n: int,
+    v: int,
+    chunk: int,
+    name: str,
+    temperature: float,
+    reduction: str,
+    ignore: str,
+    near: bool,
+    inf: bool,
+    seed: int,
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    s = 3 * torch.randn(n, v, generator=g, dtype=torch.float64) + 50 * torch.randn(n, 1, generator=g).double()
+    t = s + 1e-4 * torch.randn(n, v, generator=g, dtype=torch.float64) if near else 3 * torch.randn(n, v, generator=g)
+    t = t.double() - 40.0  # a row offset between the sides: the kernel must not lose accuracy to it
+    if inf and v > 2 and n:
+        t[:, 2] = -INF
+        s[0, 1] = -INF
+    mask = torch.rand(n, generator=g) < 0.7 if ignore == "some" else torch.full((n,), ignore == "none")
+    if ignore == "some" and n:
+        s[~mask] = torch.nan  # ignored rows may hold anything
+    (v0, gs0), (v1, gs1) = _student_only(
+        LOSSES[name], s, t, temperature=temperature, reduction=reduction, mask=mask, chunk_size=chunk
+    )
+    assert torch.equal(torch.isfinite(v0), torch.isfinite(v1))
+    if not bool(torch.isfinite(v0).all()):
+        return
+    _close(v1, v0, 1e-10, 1e-300)
+    _close(gs1, gs0, 1e-10, 1e-13 * max([1.0, *gs0.abs().flatten().tolist()]))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    v=st.integers(1, 300),
+    name=st.sampled_from(["forward", "reverse", "symmetric"]),
+    seed=st.integers(0, 9),
+)
+def test_fast_kernel_equals_naive_float32(n: int, v: int, name: str, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    s, t = 4 * torch.randn(n, v, generator=g) + 30.0, 4 * torch.randn(n, v, generator=g) - 30.0
+    (_, _), (v1, gs1) = _student_only(LOSSES[name], s, t, temperature=1.3, chunk_size=7)
+    (v0, gs0), _ = _student_only(LOSSES[name], s.double(), t.double(), temperature=1.3, chunk_size=7)
+    v1, gs1 = v1.double(), gs1.double()
+    _close(v1, v0, 1e-5, 1e-7)
+    _close(gs1, gs0, 1e-5, 1e-6 * float(gs0.abs().max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["forward", "reverse", "symmetric"])
+def test_fast_kernel_low_precision_gradient_within_one_ulp(dtype: torch.dtype, name: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    s = (4 * torch.randn(16, 300, generator=g)).to(dtype)
+    t = (4 * torch.randn(16, 300, generator=g)).to(dtype)
+    s_ = s.clone().requires_grad_()
+    out = LOSSES[name](s_, t, temperature=2.0, implementation="chunked", chunk_size=5)
+    (gs,) = torch.autograd.grad(out, s_)
+    assert gs.dtype == dtype
+    ref_s = s.double().requires_grad_()
+    ref = LOSSES[name](ref_s, t.double(), temperature=2.0, implementation="naive")
+    (rs,) = torch.autograd.grad(ref, ref_s)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=0)
+    fi = torch.finfo(dtype)
+    ulp = fi.eps * rs.abs() + fi.tiny * fi.eps + 1e-6 * float(rs.abs().max())
+    err = (gs.double() - rs).abs()
+    assert bool((err <= ulp).all()), float((err / ulp).max())
+
+
+def test_fast_kernel_raises_on_nan_in_a_valid_row() -> None:
+    s = torch.randn(6, 5)
+    s[4, 3] = torch.nan
+    with pytest.raises(ValueError, match=r"student_logits.*NaN"):
+        forward_kl(s.requires_grad_(), torch.randn(6, 5), implementation="chunked", chunk_size=2)
+    t = torch.randn(6, 5)
+    t[5] = -INF
+    with pytest.raises(ValueError, match="teacher is -inf everywhere"):
+        reverse_kl(torch.randn(6, 5).requires_grad_(), t, implementation="chunked", chunk_size=2)

@@ -77,3 +77,22 @@ def test_bad_shapes_raise() -> None:
         fused_linear_kl(hidden, weight, teacher, bias=bias[:3])
     with pytest.raises(ValueError, match="teacher logits must be"):
         fused_linear_kl(hidden, weight, teacher[:3])
+
+
+def test_masked_rows_may_hold_nan() -> None:
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(7, 9, generator=g, dtype=torch.float64)
+    mask = torch.tensor([True, False, True, True, False, True, True])
+    h_nan = h.clone()
+    h_nan[~mask] = torch.nan
+    hn = h_nan.requires_grad_()
+    out = fused_linear_kl(hn, w, t, mask=mask, chunk_size=3)
+    gh, gw = torch.autograd.grad(out, (hn, w))
+    ref = forward_kl(h[mask] @ w.T, t[mask])
+    rgw = torch.autograd.grad(ref, w)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(gw, rgw, rtol=1e-10, atol=1e-14)
+    assert bool((gh[~mask] == 0).all())
+    assert bool(torch.isfinite(gh).all())

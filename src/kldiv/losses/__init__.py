@@ -11,7 +11,7 @@ from kldiv.losses.functional import (
 )
 from kldiv.losses.linear import fused_linear_kl
 from kldiv.losses.modules import DistillationLoss, ForwardKLLoss, GeneralizedJSDLoss, ReverseKLLoss, SymmetricKLLoss
-from kldiv.losses.parallel import vocab_parallel_kl
+from kldiv.losses.parallel import vocab_parallel_distillation_loss, vocab_parallel_kl, vocab_parallel_linear_kl
 
 __all__ = [
     "ChunkedDivergence",
@@ -27,5 +27,7 @@ __all__ = [
     "generalized_jsd",
     "reverse_kl",
     "symmetric_kl",
+    "vocab_parallel_distillation_loss",
     "vocab_parallel_kl",
+    "vocab_parallel_linear_kl",
 ]

@@ -15,6 +15,12 @@ Gradients per token, with ``q = softmax(s / T)`` (student), ``p = softmax(t / T)
   with ``h = beta log(p / m)`` (the mixture's own derivative cancels).
 * ``CE(softmax(s), y)`` (distillation's hard term, at ``T = 1``): ``d/ds = softmax(s) - onehot(y)``.
 
+Forward, reverse and symmetric KL with equal vocabularies and a teacher that needs no gradient (distillation,
+RLHF) take a fast kernel, :func:`_kl_rows`: two exponentials per entry, in place, over chunks of 2^18 logits
+(1 MB, cache-resident); its rows below ``_REFINE_BELOW`` are recomputed by the discrete core, and a chunk with a
+non-finite value (``-inf`` logits) falls back to the general path. Logits are validated (one pass) only once a
+chunk is not finite, so valid input costs no separate validation pass.
+
 Entries with zero probability get a zero gradient term; rows whose value is +inf get a zero gradient (the
 value, not the gradient, reports the impossibility). Ignored rows: value 0, gradient 0. Double backward is
 not supported.
@@ -31,10 +37,10 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._numerics import INF, log_softmax
 from kldiv.discrete import _log_mixture, _logit_difference
-from kldiv.losses.functional import Divergence, compute_dtype, divergence_rows, row_scale
+from kldiv.losses.functional import Divergence, _weighted, check_rows, compute_dtype, divergence_rows, row_scale
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
-"""Default chunk: this many logits (rows x V) per chunk, i.e. 4 MB per float32 intermediate."""
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+"""Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
 
 
 def _centered(x: Tensor, g: Tensor) -> Tensor:
@@ -73,72 +79,118 @@ def _pad(x: Tensor, size: int) -> Tensor:
 _REFINE_BELOW = 3e-3  # as in the discrete core: smaller per-token values are recomputed cancellation-free
 
 
+_PAD = 80
+"""Elements between the work arrays of :func:`_kl_rows`. Without it, arrays of whole chunks lie a multiple of
+4 KB apart and the CPU's 4K-aliasing of loads and stores made the kernel up to 2x slower, depending on where the
+allocator happened to put them."""
+
+
+def workspace(rows: int, vocab: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The flat work buffer of :func:`_kl_rows` for chunks of up to ``rows`` rows; allocated once per call."""
+    return torch.empty(3 * (rows * vocab + _PAD), dtype=dtype, device=device)
+
+
+def _kl_rows(w_f: float, s: Tensor, t: Tensor, inv_t: float, weight: float, out: Tensor, work: Tensor) -> Tensor:
+    """Per-row ``w_f KL(P||Q) + (1 - w_f) KL(Q||P)`` of one chunk of logits; the weighted gradient w.r.t. ``s``
+    is written to ``out``.
+
+    With ``a = s / T - max``, ``b = t / T - max`` (row-centred), ``Z_a = sum exp(a)``, ``q = exp(a) / Z_a``,
+    ``p = exp(b) / Z_b``, ``d = b - a`` and ``c = log Z_b - log Z_a`` (so ``log p - log q = d - c``):
+
+    * KL(P||Q) ``= <p, d> - c``, gradient ``q - p``;
+    * KL(Q||P) ``= c - <q, d>``, gradient ``q (c - d - KL(Q||P))``.
+
+    ``work`` is the buffer of :func:`workspace` (its dtype is the compute dtype). ``weight`` scales the gradient
+    and includes the ``1/T`` of the chain rule. Two exponentials per entry (the
+    fewest: one per side), ``1 / Z`` folded into per-row factors, and in-place passes over a chunk small enough
+    to stay in cache; |c| <= log V, so the rounding error is that of ``log p - log q``. Non-finite inputs give a
+    non-finite value.
+    """
+    cdtype = work.dtype  # float32, or float64 when either input is
+    n = s.numel()
+    a, b, d = (work[i * (n + _PAD) : i * (n + _PAD) + n].view(s.shape) for i in range(3))
+    torch.mul(s, inv_t, out=a) if inv_t != 1.0 else a.copy_(s)
+    torch.mul(t, inv_t, out=b) if inv_t != 1.0 else b.copy_(t)
+    a.sub_(a.amax(-1, keepdim=True))
+    b.sub_(b.amax(-1, keepdim=True))
+    torch.sub(b, a, out=d)
+    e_a, e_b = a.exp_(), b.exp_()
+    z_a, z_b = e_a.sum(-1, keepdim=True), e_b.sum(-1, keepdim=True)
+    c = torch.log(z_b / z_a)
+    val = torch.zeros_like(c[:, 0])
+    if w_f != 0.0:  # <p, d> (in place when d is not needed afterwards)
+        ip_b = d.mul_(e_b).sum(-1) if w_f == 1.0 else torch.linalg.vecdot(e_b, d)
+        val.add_(ip_b / z_b[:, 0] - c[:, 0], alpha=w_f)
+    reverse_part = None
+    if w_f != 1.0:
+        de = d.mul_(e_a)
+        val_r = c[:, 0] - de.sum(-1) / z_a[:, 0]
+        val.add_(val_r, alpha=1.0 - w_f)
+        reverse_part = de.neg_().addcmul_(e_a, c - val_r[:, None])  # e_a (c - d - KL(Q||P))
+    # gradient: w_f (q - p) + (1 - w_f) q (c - d - KL(Q||P)), times weight; q and p scaled alike (exact 0 at q = p)
+    g = out if out.dtype == cdtype else torch.empty_like(e_a)
+    if w_f != 0.0:
+        torch.mul(e_a, (w_f * weight) / z_a, out=g).addcmul_(e_b, (-w_f * weight) / z_b)
+        if reverse_part is not None:
+            g.addcmul_(reverse_part, ((1.0 - w_f) * weight) / z_a)
+    else:
+        assert reverse_part is not None
+        torch.mul(reverse_part, weight / z_a, out=g)
+    if g.data_ptr() != out.data_ptr():
+        out.copy_(g)
+    return val
+
+
 def _kl_chunk_fast(
-    reverse: bool,
+    divergence: Divergence,
+    coef: float,
     student: Tensor,
     teacher: Tensor,
-    valid: Tensor,
+    ok: Tensor,
+    every: bool,
     labels: Tensor | None,
-    i0: int,
     cdtype: torch.dtype,
     temperature: float,
     kl_weight: float,
     ce_weight: float,
     scale: float,
-    values: Tensor,
     grad_s: Tensor,
-) -> bool:
-    """KL(teacher || student) (or, ``reverse``, KL(student || teacher)) of one chunk of rows in ~8 fused passes;
-    False (nothing written) if the chunk needs the general path (ignored rows, non-finite logits).
+    work: Tensor,
+) -> Tensor | None:
+    """Per-row ``kl_weight * KL + ce_weight * CE`` (forward, reverse or symmetric KL) of one chunk of rows
+    (``ok``: the valid ones; ``every``: all are), gradient written to ``grad_s``; None if a valid row is not
+    finite (the general path handles -inf and raises on NaN).
 
-    Forward: ``val = <p, log p - log q>``, gradient ``(q - p) / T``. Reverse: ``val = <q, g>`` with
-    ``g = log q - log p``, gradient ``q (g - val) / T``. torch's fused ``log_softmax``; rows with a value below
-    ``_REFINE_BELOW`` are recomputed by the discrete core's cancellation-free kernel.
+    :func:`_kl_rows` does the work; rows with a value below ``_REFINE_BELOW`` are recomputed by the discrete
+    core's cancellation-free kernel; ignored rows get value and gradient 0.
     """
-    if not bool(valid.all()):
-        return False
-    s = student.to(cdtype)
-    t = teacher.to(cdtype)
-    if temperature != 1.0:
-        s, t = s / temperature, t / temperature
-    i1 = i0 + s.shape[0]
-    log_q = torch.log_softmax(s, -1)
-    log_p = torch.log_softmax(t, -1)
-    if reverse:
-        q = torch.exp(log_q)
-        g = log_q.sub_(log_p)  # log q - log p, in place (log q is not needed afterwards)
-        val = torch.linalg.vecdot(q, g)
-    else:
-        p = torch.exp(log_p)
-        val = torch.linalg.vecdot(p, log_p - log_q)
-    if not bool(torch.isfinite(val).all()):  # -inf, +inf or NaN logits: the general path handles them
-        return False
-    centre = val.clone()
-    need = ~(val >= _REFINE_BELOW)
+    if not every:  # ignored rows may hold anything: compute on zeros, then zero their value and gradient
+        student = torch.where(ok[:, None], student, 0.0)
+        teacher = torch.where(ok[:, None], teacher, 0.0)
+    w_f = {"forward": 1.0, "reverse": 0.0}.get(divergence, coef)
+    val = _kl_rows(w_f, student, teacher, 1.0 / temperature, kl_weight * scale / temperature, grad_s, work)
+    need = ~((val >= _REFINE_BELOW) & (val < INF))  # small, NaN or infinite: one check in the usual case
     if bool(need.any()):
+        if not bool(torch.isfinite(val).all()):
+            return None
         rows = need.nonzero()[:, 0]
-        ratio = _logit_difference(teacher[rows].to(cdtype), student[rows].to(cdtype), temperature)
-        log_q_rows = torch.log_softmax(s[rows], -1) if reverse else log_q[rows]
-        direction: Divergence = "reverse" if reverse else "forward"
-        val[rows] = divergence_rows(direction, log_q_rows, log_p[rows], ratio, 0.0, False)
-    total = kl_weight * val
-    gs = grad_s[i0:i1] if grad_s.dtype == cdtype else torch.empty_like(log_p)
-    weight = kl_weight * scale / temperature
-    if reverse:
-        torch.sub(g, centre[:, None], out=gs).mul_(q).mul_(weight)  # q (g - <q, g>) / T, weighted
-    else:
-        torch.exp(log_q, out=gs).sub_(p).mul_(weight)  # (q - p) / T, weighted
+        s_rows, t_rows = student[rows].to(cdtype), teacher[rows].to(cdtype)
+        ratio = _logit_difference(t_rows, s_rows, temperature)
+        log_q = torch.log_softmax(s_rows / temperature, -1)
+        log_p = torch.log_softmax(t_rows / temperature, -1)
+        val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False)
+    total = _weighted(kl_weight, val)
     if ce_weight:
         assert labels is not None
-        lab = labels[i0:i1, None]
+        lab = torch.where(ok, labels, 0)[:, None]
         log_s1 = torch.log_softmax(student.to(cdtype), -1)
         total = total - ce_weight * log_s1.gather(1, lab)[:, 0]
-        g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0))
-        gs.add_(g_ce, alpha=ce_weight * scale)
-    values[i0:i1] = total
-    if gs.data_ptr() != grad_s[i0:i1].data_ptr():
-        grad_s[i0:i1] = gs
-    return True
+        g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
+        grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
+    if not every:
+        grad_s[~ok] = 0.0
+        total = torch.where(ok, total, 0.0)
+    return total
 
 
 def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> Tensor | None:
@@ -151,6 +203,92 @@ def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> T
     if bool(grad_output == 1):
         return g
     return (g.to(grad_output.dtype) * grad_output).to(g.dtype)
+
+
+def fill_rows(
+    student: Tensor,
+    teacher: Tensor,
+    valid: Tensor,
+    labels: Tensor | None,
+    *,
+    divergence: Divergence,
+    temperature: float,
+    coef: float,
+    normalized: bool,
+    kl_weight: float,
+    ce_weight: float,
+    scale: float,
+    chunk_rows: int,
+    values: Tensor,
+    grad_s: Tensor,
+    grad_t: Tensor | None,
+) -> None:
+    """Write the per-row ``kl_weight * divergence + ce_weight * CE`` of flat rows into ``values`` (N,) and its
+    gradients, times ``scale``, into ``grad_s`` (and ``grad_t`` unless None), ``chunk_rows`` rows at a time.
+
+    The fast kernel takes forward/reverse/symmetric KL when the teacher needs no gradient; other chunks take the
+    general path (the discrete core's kernels and the closed-form gradients of :func:`_chunk_grads`).
+    """
+    n, v_s = student.shape
+    v_t = teacher.shape[1]
+    size = max(v_s, v_t)
+    cdtype = compute_dtype(student.dtype, teacher.dtype)
+    inv_t = 1.0 / temperature
+    fast_possible = divergence in ("forward", "reverse", "symmetric") and grad_t is None and v_s == v_t
+    all_valid = bool(valid.all())
+    work = workspace(min(chunk_rows, n), v_s, cdtype, student.device) if fast_possible else student
+    checked = False  # the logits are validated (whole, as the naive path does) once a chunk is not finite
+    for i0 in range(0, n, chunk_rows):
+        i1 = min(i0 + chunk_rows, n)
+        if fast_possible:
+            fast = _kl_chunk_fast(
+                divergence,
+                coef,
+                student[i0:i1],
+                teacher[i0:i1],
+                valid[i0:i1],
+                all_valid or bool(valid[i0:i1].all()),
+                None if labels is None else labels[i0:i1],
+                cdtype,
+                temperature,
+                kl_weight,
+                ce_weight,
+                scale,
+                grad_s[i0:i1],
+                work,
+            )
+            if fast is not None:
+                values[i0:i1] = fast
+                continue
+        if not checked:
+            check_rows("student_logits", student, valid, temperature)
+            check_rows("teacher", teacher, valid, temperature)
+            checked = True
+        ok = valid[i0:i1, None]
+        s = torch.where(ok, _pad(student[i0:i1].to(cdtype), size), 0.0)
+        t = torch.where(ok, _pad(teacher[i0:i1].to(cdtype), size), 0.0)
+        ratio = _logit_difference(t, s, temperature)
+        s_raw = s
+        if temperature != 1.0:
+            s, t = s * inv_t, t * inv_t
+        log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
+        val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
+        gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
+        row_w = ((ok[:, 0] & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
+        gs = gs * row_w
+        total = _weighted(kl_weight, val)
+        if ce_weight:
+            assert labels is not None
+            lab = torch.where(ok[:, 0], labels[i0:i1], 0)[:, None]
+            log_s1 = log_s if temperature == 1.0 else log_softmax(s_raw, -1)
+            ce = -log_s1.gather(1, lab)[:, 0]
+            total = total + ce_weight * ce
+            g_ce = torch.exp(log_s1).scatter_add(1, lab, torch.full_like(log_s1[:, :1], -1.0))
+            gs = gs + g_ce * (ok.to(cdtype) * (ce_weight * scale))
+        values[i0:i1] = torch.where(ok[:, 0], total, 0.0)
+        grad_s[i0:i1] = gs[:, :v_s]
+        if grad_t is not None:
+            grad_t[i0:i1] = (gt * row_w)[:, :v_t]
 
 
 class ChunkedDivergence(torch.autograd.Function):
@@ -177,59 +315,28 @@ class ChunkedDivergence(torch.autograd.Function):
         chunk_rows: int,
     ) -> Tensor:
         n, v_s = student.shape
-        v_t = teacher.shape[1]
-        size = max(v_s, v_t)
         cdtype = compute_dtype(student.dtype, teacher.dtype)
-        want_t = teacher.requires_grad
         grad_s = torch.empty_like(student)
-        grad_t = torch.empty_like(teacher) if want_t else None
+        grad_t = torch.empty_like(teacher) if teacher.requires_grad else None
         values = torch.zeros(n, dtype=cdtype, device=student.device)
         scale = row_scale(valid, reduction, v_s)
-        inv_t = 1.0 / temperature
-        fast_possible = divergence in ("forward", "reverse") and grad_t is None and v_s == v_t
-        for i0 in range(0, n, chunk_rows):
-            i1 = min(i0 + chunk_rows, n)
-            if fast_possible and _kl_chunk_fast(
-                divergence == "reverse",
-                student[i0:i1],
-                teacher[i0:i1],
-                valid[i0:i1],
-                labels,
-                i0,
-                cdtype,
-                temperature,
-                kl_weight,
-                ce_weight,
-                scale,
-                values,
-                grad_s,
-            ):
-                continue
-            ok = valid[i0:i1, None]
-            s = torch.where(ok, _pad(student[i0:i1].to(cdtype), size), 0.0)
-            t = torch.where(ok, _pad(teacher[i0:i1].to(cdtype), size), 0.0)
-            ratio = _logit_difference(t, s, temperature)
-            s_raw = s
-            if temperature != 1.0:
-                s, t = s * inv_t, t * inv_t
-            log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
-            val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
-            gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
-            row_w = ((ok[:, 0] & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
-            gs = gs * row_w
-            total = kl_weight * val
-            if ce_weight:
-                assert labels is not None
-                lab = torch.where(ok[:, 0], labels[i0:i1], 0)[:, None]
-                log_s1 = log_s if temperature == 1.0 else log_softmax(s_raw, -1)
-                ce = -log_s1.gather(1, lab)[:, 0]
-                total = total + ce_weight * ce
-                g_ce = torch.exp(log_s1).scatter_add(1, lab, torch.full_like(log_s1[:, :1], -1.0))
-                gs = gs + g_ce * (ok.to(cdtype) * (ce_weight * scale))
-            values[i0:i1] = torch.where(ok[:, 0], total, 0.0)
-            grad_s[i0:i1] = gs[:, :v_s]
-            if grad_t is not None:
-                grad_t[i0:i1] = (gt * row_w)[:, :v_t]
+        fill_rows(
+            student,
+            teacher,
+            valid,
+            labels,
+            divergence=divergence,
+            temperature=temperature,
+            coef=coef,
+            normalized=normalized,
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            scale=scale,
+            chunk_rows=chunk_rows,
+            values=values,
+            grad_s=grad_s,
+            grad_t=grad_t,
+        )
         ctx.save_for_backward(grad_s, grad_t)  # type: ignore[arg-type]
         ctx.none = reduction == "none"  # type: ignore[attr-defined]
         if reduction == "none":

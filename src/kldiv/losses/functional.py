@@ -195,7 +195,7 @@ def divergence_rows(
     if divergence == "reverse":
         return kl_log(log_s, log_t, -1, ratio_st)
     if divergence == "symmetric":
-        value = 0.0 * log_s.sum(-1)
+        value = torch.zeros_like(log_s[..., 0])  # not 0 * sum: a row with a -inf log-prob would give NaN
         if coef > 0.0:
             value = value + coef * kl_log(log_t, log_s, -1, ratio_ts)
         if coef < 1.0:
@@ -206,6 +206,11 @@ def divergence_rows(
         return value / (coef * (1.0 - coef)) if normalized else value
     # the continuous limits of the normalized form: KL(P||Q) at beta = 0, KL(Q||P) at beta = 1
     return kl_log(log_t, log_s, -1, ratio_ts) if coef == 0.0 else kl_log(log_s, log_t, -1, ratio_st)
+
+
+def _weighted(weight: float, values: Tensor) -> Tensor:
+    """``weight * values`` with ``0 * inf = 0``: a term switched off (distillation's ``alpha = 0``) is absent."""
+    return weight * values if weight else torch.where(values < INF, values, 0.0) * 0.0  # zero, still in the graph
 
 
 def reduce_rows(values: Tensor, valid: Tensor, reduction: str, vocab: int, batch_shape: torch.Size) -> Tensor:
@@ -428,16 +433,15 @@ def _loss(
     cdtype = compute_dtype(*dtypes)
     valid = valid_rows(batch_shape, labels, ignore_index, mask, student.device)
     flat_s = student.reshape(n, vocab)
-    check_rows("student_logits", flat_s, valid, t_value)
-    if ce_weight and t_value != 1.0:
-        check_rows("student_logits", flat_s, valid, 1.0)
-    if not isinstance(teacher, TopK) and teacher_kind != "probs":
-        check_rows(
-            "teacher", teacher.reshape(n, teacher.shape[-1]), valid, t_value, log_probs=teacher_kind == "log_probs"
-        )
     use_chunked = implementation == "chunked" or (
         implementation == "auto" and not isinstance(teacher, TopK) and teacher_kind != "probs"
     )
+    if not use_chunked:  # the chunked path checks logits itself, as soon as a chunk is not finite
+        check_rows("student_logits", flat_s, valid, t_value)
+    if not isinstance(teacher, TopK) and teacher_kind != "probs" and (teacher_kind == "log_probs" or not use_chunked):
+        check_rows(
+            "teacher", teacher.reshape(n, teacher.shape[-1]), valid, t_value, log_probs=teacher_kind == "log_probs"
+        )
     if use_chunked:
         if isinstance(teacher, TopK) or teacher_kind == "probs":
             raise ValueError(
@@ -464,7 +468,9 @@ def _loss(
         if reduction == "none":
             return values.reshape(batch_shape)
         return values
-    values = kl_weight * _naive(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
+    values = _weighted(
+        kl_weight, _naive(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
+    )
     if ce_weight:
         assert labels is not None
         values = values + ce_weight * _cross_entropy_rows(flat_s, labels, valid, cdtype)

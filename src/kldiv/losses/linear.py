@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from kldiv.losses.chunked import scale_precomputed
-from kldiv.losses.functional import forward_kl, reverse_kl
+from kldiv.losses.chunked import DEFAULT_CHUNK_ELEMENTS, fill_rows, scale_precomputed
+from kldiv.losses.functional import check_options, compute_dtype
 
 Direction = Literal["forward", "reverse"]
 _ROWS_PER_CHUNK = 1 << 22  # logits per chunk (rows x V): larger than the logits path, for efficient matmuls
@@ -46,28 +46,44 @@ class _FusedLinearKL(torch.autograd.Function):
         reduction: str,
         chunk_rows: int,
     ) -> Tensor:
-        loss_fn = forward_kl if direction == "forward" else reverse_kl
-        n = hidden.shape[0]
+        n, v = hidden.shape[0], weight.shape[0]
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros_like(weight)
         grad_b = None if bias is None else torch.zeros_like(bias)
-        total = torch.zeros((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+        values = torch.zeros(n, dtype=compute_dtype(hidden.dtype, weight.dtype), device=hidden.device)
+        logits = hidden.new_empty(min(chunk_rows, n), v)  # two buffers reused by every chunk
+        grad_logits = torch.empty_like(logits)
         for i0 in range(0, n, chunk_rows):
             i1 = min(i0 + chunk_rows, n)
-            with torch.no_grad():
-                logits = hidden[i0:i1] @ weight.T
-                if bias is not None:
-                    logits = logits + bias
-                t_chunk = _teacher_chunk(teacher, i0, i1).detach()
-            with torch.enable_grad():
-                leaf = logits.detach().requires_grad_()
-                value = loss_fn(leaf, t_chunk, temperature=temperature, mask=valid[i0:i1], reduction="sum")
-                (g,) = torch.autograd.grad(value, leaf)
-            total = total + value.detach().to(total.dtype)
+            z, g = logits[: i1 - i0], grad_logits[: i1 - i0]
+            h = hidden[i0:i1]
+            if not bool(valid[i0:i1].all()):  # masked rows may hold anything: keep NaN out of the weight gradient
+                h = torch.where(valid[i0:i1, None], h, 0.0)
+            torch.mm(h, weight.T, out=z)
+            if bias is not None:
+                z.add_(bias)
+            fill_rows(
+                z,
+                _teacher_chunk(teacher, i0, i1).detach(),
+                valid[i0:i1],
+                None,
+                divergence=direction,
+                temperature=temperature,
+                coef=0.0,
+                normalized=False,
+                kl_weight=1.0,
+                ce_weight=0.0,
+                scale=1.0,
+                chunk_rows=max(1, DEFAULT_CHUNK_ELEMENTS // v),
+                values=values[i0:i1],
+                grad_s=g,
+                grad_t=None,
+            )
             torch.mm(g, weight, out=grad_h[i0:i1])
-            grad_w.addmm_(g.T, hidden[i0:i1])  # in place: no V x H temporary per chunk
+            grad_w.addmm_(g.T, h)  # in place: no V x H temporary per chunk
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
+        total = values.sum()
         n_valid = int(valid.sum())
         if reduction == "batchmean":
             scale = 1.0 / max(n_valid, 1)
@@ -78,13 +94,14 @@ class _FusedLinearKL(torch.autograd.Function):
         for grad in (grad_h, grad_w, grad_b):
             if grad is not None and scale != 1.0:
                 grad.mul_(scale)
-        ctx.grads = (grad_h, grad_w, grad_b)  # type: ignore[attr-defined]
+        # saved (not a ctx attribute) so autograd frees them after backward and .grad takes them without a copy
+        ctx.save_for_backward(grad_h, grad_w, grad_b)  # type: ignore[arg-type]
         return total * scale
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad_h, grad_w, grad_b = ctx.grads
+        grad_h, grad_w, grad_b = ctx.saved_tensors
         return (
             scale_precomputed(grad_h, grad_output, False),
             scale_precomputed(grad_w, grad_output, False),
@@ -130,6 +147,7 @@ def fused_linear_kl(
         raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
     if reduction not in ("batchmean", "sum", "mean"):
         raise ValueError(f"reduction must be 'batchmean', 'sum' or 'mean', got {reduction!r}")
+    temperature = check_options(reduction, temperature, "auto")
     n = hidden.shape[0]
     if isinstance(teacher, Tensor):
         if teacher.dim() != 2 or teacher.shape[0] != n:
