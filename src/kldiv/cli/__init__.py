@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kldiv.cli import divergence, tour
+from kldiv.cli import divergence, tour, vae
 
 __all__ = ["app", "main"]
 
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.command("tour")(tour.tour)
 app.add_typer(divergence.app, name="divergence")
+app.add_typer(vae.app, name="vae")
 
 
 def main() -> None:

@@ -1,0 +1,256 @@
+"""`kldiv vae train|eval|sample|sweep`: train and evaluate VAEs with the KL term under control (thin: parse, call
+:mod:`kldiv.vae`, print)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+app = typer.Typer(help="Variational autoencoders: beta-VAE, KL schedules, free bits, IWAE evaluation.")
+
+DataDir = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)  # paths stay whole
+    return typer.Exit(2)
+
+
+def _config(**options: Any) -> Any:
+    from kldiv.vae.train import TrainConfig
+
+    try:
+        return TrainConfig(**options)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _run(config: Any) -> Any:
+    from kldiv.vae.train import TrainingDivergedError, train
+
+    try:
+        return train(config)
+    except (ValueError, FileNotFoundError, TrainingDivergedError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("train")
+def train_command(
+    dataset: Annotated[str, typer.Option(help="'digits' (embedded, 8x8) or 'mnist' (needs --data-dir).")] = "digits",
+    data_dir: DataDir = None,
+    model: Annotated[str, typer.Option(help="'mlp' (784-400-400-z, the seed's) or 'conv'.")] = "mlp",
+    z_dim: Annotated[int, typer.Option(help="Latent dimensions.")] = 20,
+    likelihood: Annotated[str, typer.Option(help="'bernoulli' or 'gaussian' decoder.")] = "bernoulli",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Global batch size (split across processes).")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    beta: Annotated[float, typer.Option(help="KL weight (beta-VAE); multiplies the schedule.")] = 1.0,
+    schedule: Annotated[
+        str, typer.Option(help="KL schedule: constant | linear:E | logistic:E:K | cyclical:N:R (E in epochs).")
+    ] = "constant",
+    free_bits: Annotated[float, typer.Option(help="Free-bits floor per latent dimension (nats); 0: off.")] = 0.0,
+    binarize: Annotated[bool, typer.Option(help="Dynamic binarization of the pixels.")] = False,
+    val_size: Annotated[int, typer.Option(help="Training images held out for per-epoch evaluation.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/vae"),
+    resume: Annotated[bool, typer.Option(help="Continue exactly from the last checkpoint in --out.")] = False,
+    checkpoint_steps: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a VAE; writes metrics.csv, checkpoints (safetensors) and figures into --out."""
+    config = _config(
+        dataset=dataset,
+        data_dir=data_dir,
+        model=model,
+        z_dim=z_dim,
+        likelihood=likelihood,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        beta=beta,
+        schedule=schedule,
+        free_bits=free_bits,
+        binarize=binarize,
+        val_size=val_size,
+        seed=seed,
+        out=str(out),
+        resume=resume,
+        checkpoint_steps=checkpoint_steps,
+        progress=progress,
+    )
+    result = _run(config)
+    t = result.test
+    Console().print(
+        f"test: -ELBO {-t.elbo:.2f} nats = reconstruction {t.reconstruction:.2f} + KL {t.kl:.2f}; "
+        f"active units {t.active_units}/{config.z_dim}. Wrote {result.out_dir}."
+    )
+
+
+@app.command("eval")
+def eval_command(
+    run: Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")] = Path("runs/vae"),
+    data_dir: DataDir = None,
+    iwae_k: Annotated[int, typer.Option(help="Importance samples of the IWAE bound (0: skip).")] = 5000,
+    limit: Annotated[int, typer.Option(help="Evaluate on the first N test images (0: all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed of the Monte Carlo estimates.")] = 0,
+) -> None:
+    """Test ELBO (reconstruction and KL, per dimension), IWAE-k bound on log p(x), active units; eval.json."""
+    import torch
+
+    from kldiv.data import load_dataset
+    from kldiv.vae.checkpoint import atomic_write_bytes
+    from kldiv.vae.objective import evaluate, iwae_bound
+    from kldiv.vae.train import load_trained
+
+    try:
+        config, model = load_trained(run)
+        data = load_dataset(config.dataset, data_dir or config.data_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    x = data.test[:limit] if limit else data.test
+    if config.binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    result: dict[str, Any] = {"images": int(x.shape[0])}
+    ev = evaluate(model, x, generator=torch.Generator().manual_seed(seed))
+    result.update(
+        {
+            "elbo": ev.elbo,
+            "reconstruction": ev.reconstruction,
+            "kl": ev.kl,
+            "kl_per_dim": ev.kl_per_dim,
+            "active_units": ev.active_units,
+        }
+    )
+    if iwae_k:
+        bound = iwae_bound(model, x, k=iwae_k, generator=torch.Generator().manual_seed(seed), progress=True)
+        result["iwae_k"] = iwae_k
+        result["iwae_nll"] = -float(bound.mean())
+    atomic_write_bytes(run / "eval.json", json.dumps(result, indent=2).encode())
+    table = RichTable(title=f"{run}: {result['images']} test images", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("nats per image", justify="right")
+    table.add_row("-ELBO", f"{-ev.elbo:.3f}")
+    table.add_row("reconstruction", f"{ev.reconstruction:.3f}")
+    table.add_row("KL", f"{ev.kl:.3f}")
+    if iwae_k:
+        table.add_row(f"IWAE-{iwae_k} NLL", f"{result['iwae_nll']:.3f}")
+    table.add_row("active units", f"{ev.active_units}/{len(ev.kl_per_dim)}")
+    Console().print(table)
+
+
+@app.command("sample")
+def sample_command(
+    run: Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")] = Path("runs/vae"),
+    n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN/samples.png).")] = None,
+) -> None:
+    """A PNG grid of decoder means of samples from the prior."""
+    import torch
+
+    from kldiv.report import png_bytes
+    from kldiv.vae.checkpoint import atomic_write_bytes
+    from kldiv.vae.plots import samples_figure
+    from kldiv.vae.train import load_trained
+
+    if n < 1:
+        raise _fail(f"-n must be >= 1, got {n}")
+    try:
+        _, model = load_trained(run)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    path = out or run / "samples.png"
+    atomic_write_bytes(path, png_bytes(samples_figure(model, n=n, generator=torch.Generator().manual_seed(seed))))
+    Console().print(f"Wrote {path}.")
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def sweep_command(
+    ctx: typer.Context,
+    beta: Annotated[
+        list[float] | None, typer.Option("--beta", help="KL weights to compare, e.g. --beta 0.5 1 4.")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="'digits' or 'mnist'.")] = "digits",
+    data_dir: DataDir = None,
+    model: Annotated[str, typer.Option(help="'mlp' or 'conv'.")] = "mlp",
+    z_dim: Annotated[int, typer.Option(help="Latent dimensions.")] = 20,
+    epochs: Annotated[int, typer.Option(help="Training epochs per run.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    schedule: Annotated[str, typer.Option(help="KL schedule (as for train).")] = "constant",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory.")] = Path("runs/vae-sweep"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train one VAE per beta; writes the reconstruction/KL trade-off as sweep.csv, sweep.md and tradeoff.png."""
+    from kldiv.report import png_bytes
+    from kldiv.vae.checkpoint import atomic_write_bytes
+
+    try:
+        betas = [*(beta or []), *(float(extra) for extra in ctx.args)]
+    except ValueError:
+        raise _fail(f"--beta takes numbers, got {ctx.args}") from None
+    if not betas:
+        raise _fail("give at least one --beta, e.g. --beta 0.5 1 4")
+    base = _config(
+        dataset=dataset,
+        data_dir=data_dir,
+        model=model,
+        z_dim=z_dim,
+        epochs=epochs,
+        batch_size=batch_size,
+        schedule=schedule,
+        seed=seed,
+        progress=progress,
+    )
+    rows = []
+    for b in betas:
+        result = _run(replace(base, beta=b, out=str(out / f"beta-{b:g}")))
+        t = result.test
+        rows.append(
+            {
+                "beta": b,
+                "reconstruction": t.reconstruction,
+                "kl": t.kl,
+                "neg_elbo": -t.elbo,
+                "active_units": t.active_units,
+            }
+        )
+        Console().print(f"beta {b:g}: reconstruction {t.reconstruction:.2f}, KL {t.kl:.2f}, -ELBO {-t.elbo:.2f}")
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "sweep.csv", buf.getvalue().encode())
+    lines = ["| beta | reconstruction | KL | -ELBO | active units |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {r['beta']:g} | {r['reconstruction']:.2f} | {r['kl']:.2f} | {r['neg_elbo']:.2f} | {r['active_units']} |"
+        for r in rows
+    ]
+    atomic_write_bytes(out / "sweep.md", ("\n".join(lines) + "\n").encode())
+    from kldiv.vae.plots import tradeoff_figure
+
+    atomic_write_bytes(out / "tradeoff.png", png_bytes(tradeoff_figure(rows)))
+    table = RichTable(title=f"beta sweep ({dataset}, test set, nats per image)", title_justify="left")
+    for col in ("beta", "reconstruction", "KL", "-ELBO", "active units"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r['beta']:g}",
+            f"{r['reconstruction']:.2f}",
+            f"{r['kl']:.2f}",
+            f"{r['neg_elbo']:.2f}",
+            str(r["active_units"]),
+        )
+    Console().print(table)

@@ -1,0 +1,447 @@
+"""Checkpoints for training runs: weights in safetensors, the rest loaded with ``weights_only=True``, atomic saves.
+
+A checkpoint named ``name`` in ``directory`` is three files::
+
+    {name}-{generation}.safetensors   model.state_dict() (safetensors; tied tensors stored once)
+    {name}-{generation}.state.pt      {"format_version", "optimizer": optimizer.state_dict() | None, "state": state}
+    {name}.json                       the manifest: format version, generation, and both file names, sizes, sha256
+
+``generation`` counts the saves of ``name`` (1, 2, ...). A save writes the two data files under the new
+generation's names, each to a temporary file that is flushed, ``fsync``-ed and renamed with ``os.replace``
+(then the directory is ``fsync``-ed); only then is the manifest replaced the same way, and finally the files of
+older generations (and temporary files left by an interrupted save) are deleted.
+
+Guarantee: the manifest is the only thing that names the current checkpoint and it is replaced atomically after
+both data files are durable, so a process killed at any moment (SIGKILL, an exception, a power loss on a file
+system that honours ``fsync``) leaves ``{name}.json`` pointing at either the previous complete checkpoint or the
+new complete one, never a mix; the next save removes the leftovers. One writer per ``(directory, name)``.
+
+Loading reads the manifest, checks the size and sha256 of both files before deserializing anything (a missing,
+truncated or altered file is a ``ValueError`` naming it), checks the model's keys and shapes against the file,
+and unpickles the state with ``torch.load(weights_only=True)`` only: tensors, numbers, strings, bytes, ``None``,
+``torch.dtype`` / ``torch.device`` / ``torch.Size`` and lists, tuples, sets, dicts of them. ``save_checkpoint``
+refuses (``TypeError`` naming the key) anything else in ``state`` rather than write a file that cannot be loaded
+back; :func:`rng_state` gives the random number generators' states in that form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import random
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+FORMAT = "kldiv.checkpoint"
+FORMAT_VERSION = 1
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_ALIASES = "kldiv.aliases"  # safetensors metadata key: {dropped name: kept name} for tied tensors
+_ATOMS = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device, torch.Size)
+_CONTAINERS = (list, tuple, set, dict, OrderedDict)
+
+
+# ---------------------------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``, never a part.
+
+    The bytes go to a temporary file in the same directory, which is flushed, ``fsync``-ed and renamed over
+    ``path`` with ``os.replace``; then the directory is ``fsync``-ed so the rename itself is durable. On an
+    exception the temporary file is removed (a SIGKILL leaves it behind: ``.{name}.<random>.tmp``).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    if os.name == "nt":  # Windows cannot open a directory; its renames are journaled by NTFS
+        return
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------- save and load
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, object],
+    name: str = "last",
+) -> Path:
+    """Save ``model``'s weights, ``optimizer``'s state and ``state`` as checkpoint ``name``; return the manifest path.
+
+    ``state`` holds whatever else a resume needs (step, epoch, metrics, :func:`rng_state`, a schedule's
+    position, ``generator.get_state()`` of each ``torch.Generator``, ...) in types that
+    ``torch.load(weights_only=True)`` restores; anything else is a ``TypeError`` naming the key, raised before
+    any file is written. ``directory`` is created if needed. See the module docstring for the crash guarantee.
+    """
+    directory = Path(directory)
+    _check_name(name)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {_type_name(state)}")
+    _check_weights_only(state, "state")
+    optimizer_state = None if optimizer is None else optimizer.state_dict()
+    if optimizer_state is not None:
+        _check_weights_only(optimizer_state, "optimizer.state_dict()")
+    tensors, aliases = _weights_to_save(model)
+    weights = _to_bytes(safetensors.torch.save(tensors, metadata={"format": "pt", _ALIASES: json.dumps(aliases)}))
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, "optimizer": optimizer_state, "state": state}, buffer)
+    payload = buffer.getvalue()
+
+    if not directory.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        _fsync_directory(directory.parent)
+    generation = _next_generation(directory, name)
+    files = {"weights": f"{name}-{generation}.safetensors", "state": f"{name}-{generation}.state.pt"}
+    manifest: dict[str, object] = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "generation": generation}
+    entries: dict[str, object] = {}
+    for role, data in (("weights", weights), ("state", payload)):
+        atomic_write_bytes(directory / files[role], data)
+        entries[role] = {"file": files[role], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["files"] = entries
+    manifest_path = directory / f"{name}.json"
+    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    _remove_stale_files(directory, name, keep=set(files.values()))
+    return manifest_path
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    name: str = "last",
+    map_location: str | torch.device = "cpu",
+) -> dict[str, object]:
+    """Load checkpoint ``name`` into ``model`` (and ``optimizer``) in place and return the saved ``state``.
+
+    Both files are checked against the manifest's sizes and sha256 before anything is deserialized, and the
+    model's keys and shapes against the weights before anything is copied: on any error the model and the
+    optimizer are untouched. The weights are copied into the model's parameters wherever they live (dtypes are
+    cast by ``copy_``); ``map_location`` places the tensors of ``state`` and of the optimizer state (which the
+    optimizer then moves to its parameters' devices). ``optimizer=None`` skips the optimizer state.
+
+    Raises ``FileNotFoundError`` when there is no checkpoint ``name``, ``ValueError`` naming the file when a
+    file is missing, corrupt, holds objects that ``weights_only`` loading refuses, or does not fit the model or
+    the optimizer.
+    """
+    directory = Path(directory)
+    _check_name(name)
+    manifest_path = directory / f"{name}.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no checkpoint named {name!r} in {directory}: {manifest_path} does not exist")
+    files = _read_manifest(manifest_path)
+    data = {
+        role: _read_verified(directory / file, size, digest, manifest_path)
+        for role, (file, size, digest) in files.items()
+    }
+    weights_path, state_path = directory / files["weights"][0], directory / files["state"][0]
+
+    tensors = _load_weights(data["weights"], weights_path)
+    try:
+        payload = torch.load(io.BytesIO(data["state"]), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+        reason = next((line for line in lines if "Unsupported" in line), lines[0])
+        raise ValueError(
+            f"{state_path}: refusing to load it: it holds objects that torch.load(weights_only=True) does not "
+            f"restore ({reason})"
+        ) from e
+    except RuntimeError as e:  # not a torch.save archive
+        raise ValueError(f"{state_path}: not a readable torch.save file ({e})") from e
+    if not (isinstance(payload, dict) and {"format_version", "optimizer", "state"} <= payload.keys()):
+        raise ValueError(
+            f"{state_path}: expected a dict with keys format_version, optimizer, state; got {_type_name(payload)}"
+        )
+    if not isinstance(payload["state"], dict):
+        raise ValueError(f"{state_path}: expected state to be a dict, got {_type_name(payload['state'])}")
+
+    _check_fits(model, tensors, weights_path)
+    if optimizer is not None:
+        if payload["optimizer"] is None:
+            raise ValueError(f"{state_path}: the checkpoint was saved without an optimizer; pass optimizer=None")
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{state_path}: the optimizer state does not fit the optimizer: {e}") from e
+    model.load_state_dict(tensors, strict=True)
+    state: dict[str, object] = payload["state"]
+    return state
+
+
+def has_checkpoint(directory: str | Path, name: str = "last") -> bool:
+    """Whether checkpoint ``name`` exists in ``directory`` (its manifest does; :func:`load_checkpoint` verifies it)."""
+    _check_name(name)
+    return (Path(directory) / f"{name}.json").is_file()
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            "name must be a file name stem: letters, digits, '_', '-' or '.', not starting with '.' or '-'; "
+            f"got {name!r}"
+        )
+
+
+def _next_generation(directory: Path, name: str) -> int:
+    """One more than any generation of ``name`` on disk or in its manifest: never overwrites the current files."""
+    pattern = re.compile(rf"{re.escape(name)}-(\d+)\.(?:safetensors|state\.pt)")
+    generations = [int(m.group(1)) for p in directory.iterdir() if (m := pattern.fullmatch(p.name))]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # an unreadable manifest has no say
+        generations.append(int(json.loads((directory / f"{name}.json").read_text())["generation"]))
+    return max(generations, default=0) + 1
+
+
+def _remove_stale_files(directory: Path, name: str, keep: set[str]) -> None:
+    """Delete the data files of other generations of ``name`` and the temporary files of interrupted saves."""
+    stem = re.escape(name)
+    data = re.compile(rf"{stem}-\d+\.(?:safetensors|state\.pt)")
+    tmp = re.compile(rf"\.(?:{stem}-\d+\.(?:safetensors|state\.pt)|{stem}\.json)\.[0-9a-f]+\.tmp")
+    for p in directory.iterdir():
+        if p.name not in keep and (data.fullmatch(p.name) or tmp.fullmatch(p.name)):
+            p.unlink(missing_ok=True)
+
+
+def _read_manifest(path: Path) -> dict[str, tuple[str, int, str]]:
+    """The manifest's ``{role: (file name, size, sha256)}``, every field checked."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: the checkpoint manifest is not valid JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a kldiv checkpoint manifest (expected format {FORMAT!r})")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {manifest.get('version')!r}, this kldiv reads version {FORMAT_VERSION}"
+        )
+    files = manifest.get("files")
+    out = {}
+    for role in ("weights", "state"):
+        entry = files.get(role) if isinstance(files, dict) else None
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("file"), str)
+            and _NAME.fullmatch(entry["file"])
+            and isinstance(entry.get("size"), int)
+            and isinstance(entry.get("sha256"), str)
+        ):
+            raise ValueError(
+                f"{path}: the manifest's files.{role} must be {{file, size, sha256}} naming a file in its directory"
+            )
+        out[role] = (entry["file"], entry["size"], entry["sha256"])
+    return out
+
+
+def _read_verified(path: Path, size: int, sha256: str, manifest: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing (listed in {manifest})") from None
+    if len(data) != size:
+        raise ValueError(f"{path} is truncated or was changed: {len(data)} bytes, {manifest} says {size}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path} is corrupt or was changed after saving: its sha256 does not match {manifest}")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------------ weights
+
+
+def _weights_to_save(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``model.state_dict()`` as contiguous tensors sharing no memory, and ``{name: tied name}`` for tied ones.
+
+    A tensor that is exactly another one (tied weights) is stored once and recorded as an alias; one that
+    only overlaps another's memory (a view of a buffer, say) is stored as a copy.
+    """
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple[object, ...], str] = {}
+    storages: set[tuple[object, ...]] = set()
+    for key, value in model.state_dict().items():
+        if not isinstance(value, Tensor):
+            raise TypeError(
+                f"model.state_dict()[{key!r}] is a {_type_name(value)}; safetensors stores tensors only "
+                "(extra state from get_extra_state belongs in `state`)"
+            )
+        if value.numel() == 0 or value.device.type == "meta":
+            tensors[key] = value.contiguous()
+            continue
+        storage = (value.device, value.untyped_storage().data_ptr())
+        view = (*storage, value.storage_offset(), tuple(value.shape), value.stride(), value.dtype)
+        if view in views:
+            aliases[key] = views[view]
+            continue
+        views[view] = key
+        tensors[key] = value.clone() if storage in storages else value.contiguous()
+        storages.add(storage)
+    return tensors, aliases
+
+
+def _load_weights(data: bytes, path: Path) -> dict[str, Tensor]:
+    try:
+        tensors: dict[str, Tensor] = safetensors.torch.load(data)
+        header_size = int.from_bytes(data[:8], "little")
+        metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+        aliases = json.loads(metadata.get(_ALIASES, "{}"))
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    for key, target in aliases.items():
+        if target not in tensors:
+            raise ValueError(f"{path}: tied tensor {key!r} refers to {target!r}, which the file does not hold")
+        tensors[key] = tensors[target]
+    return tensors
+
+
+def _check_fits(model: nn.Module, tensors: Mapping[str, Tensor], path: Path) -> None:
+    """Raise one ``ValueError`` listing every missing key, unexpected key and shape mismatch."""
+    expected = model.state_dict()
+    problems = []
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    if missing:
+        problems.append(f"missing keys (in the model, not in the file): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys (in the file, not in the model): {unexpected}")
+    shapes = [
+        f"{k!r}: file {tuple(tensors[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and isinstance(v, Tensor) and tensors[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append("shape mismatches: " + "; ".join(shapes))
+    if problems:
+        raise ValueError(f"{path} does not fit the model ({type(model).__name__}): " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ weights_only state
+
+
+def _check_weights_only(value: object, path: str) -> None:
+    """Raise ``TypeError`` naming the first entry of ``value`` that ``torch.load(weights_only=True)`` refuses."""
+    kind = type(value)
+    if kind in _ATOMS or kind in (Tensor, nn.Parameter):
+        return
+    if kind in (dict, OrderedDict):
+        assert isinstance(value, dict)
+        for key, item in value.items():
+            _check_weights_only(key, f"{path} (the key {key!r})")
+            _check_weights_only(item, f"{path}[{key!r}]")
+        return
+    if kind in _CONTAINERS:
+        assert isinstance(value, (list, tuple, set))
+        for i, item in enumerate(value):
+            _check_weights_only(item, f"{path}[{i}]" if kind is not set else f"{path} (an element)")
+        return
+    raise TypeError(
+        f"{path} is a {_type_name(value)}, which torch.load(weights_only=True) cannot restore; store tensors "
+        "(torch.from_numpy(array), generator.get_state() for a torch.Generator), numbers, strings, bytes, None, "
+        "torch.dtype / torch.device / torch.Size, or lists, tuples, sets and dicts of them"
+    )
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _to_bytes(data: object) -> bytes:
+    if not isinstance(data, bytes):  # pragma: no cover - safetensors.torch.save returns bytes
+        raise TypeError(f"safetensors.torch.save returned {_type_name(data)}, expected bytes")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, object]:
+    """The global random number generators' states, in types ``torch.load(weights_only=True)`` restores.
+
+    ``{"python": {"version", "internal" (int64 tensor), "gauss_next"}, "numpy": {"bit_generator", "key" (int64
+    tensor), "pos", "has_gauss", "cached_gaussian"}, "torch": uint8 tensor, "cuda": [uint8 tensor per device]}``;
+    ``"cuda"`` only when CUDA is available. Generators you own (``torch.Generator``, ``np.random.Generator``)
+    are not global: store ``generator.get_state()`` / ``bit_generator.state`` yourself.
+    """
+    version, internal, gauss_next = random.getstate()
+    bit_generator, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # noqa: NPY002  (the global state)
+    state: dict[str, object] = {
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(bit_generator),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, object]) -> None:
+    """Restore the global generators from :func:`rng_state`'s result (as saved and loaded by a checkpoint).
+
+    The CUDA states are restored for the devices present both now and in ``state``, and skipped when CUDA is
+    not available (a run resumed on another device cannot replay its random numbers anyway).
+    """
+    expected = {"python", "numpy", "torch"}
+    if not (isinstance(state, Mapping) and expected <= state.keys() <= expected | {"cuda"}):
+        keys = sorted(state) if isinstance(state, Mapping) else _type_name(state)
+        raise ValueError(f"state must be rng_state()'s dict with keys python, numpy, torch (and cuda); got {keys}")
+    python, numpy_state, torch_state = state["python"], state["numpy"], state["torch"]
+    if not (isinstance(python, Mapping) and isinstance(python.get("internal"), Tensor)):
+        raise ValueError("state['python'] must be {'version', 'internal' (tensor), 'gauss_next'}")
+    if not (isinstance(numpy_state, Mapping) and isinstance(numpy_state.get("key"), Tensor)):
+        raise ValueError(
+            "state['numpy'] must be {'bit_generator', 'key' (tensor), 'pos', 'has_gauss', 'cached_gaussian'}"
+        )
+    if not isinstance(torch_state, Tensor):
+        raise ValueError(f"state['torch'] must be a uint8 tensor, got {_type_name(torch_state)}")
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    np.random.set_state(  # noqa: NPY002  (the global state np.random.* draws from)
+        (
+            numpy_state["bit_generator"],
+            numpy_state["key"].cpu().numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(torch_state.cpu())
+    cuda = state.get("cuda")
+    if isinstance(cuda, list) and torch.cuda.is_available():
+        for device in range(min(len(cuda), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda[device].cpu(), device)

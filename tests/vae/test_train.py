@@ -1,0 +1,254 @@
+"""The VAE trainer: exact resume (straight vs interrupted, also after SIGKILL), NaN stop, 2-process DDP, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kldiv.cli import app
+from kldiv.data import ImageDataset, load_digits
+from kldiv.vae import train as train_module
+from kldiv.vae.checkpoint import load_checkpoint
+from kldiv.vae.model import build_model
+from kldiv.vae.train import TrainConfig, TrainingDivergedError, load_trained, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    data = load_digits()
+    return replace(data, train=data.train[:600], train_labels=data.train_labels[:600])
+
+
+def _config(out: Path, **kw: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "dataset": "digits",
+        "epochs": 4,
+        "batch_size": 64,
+        "schedule": "linear:1",
+        "out": str(out),
+        "progress": False,
+        "figures": False,
+        "binarize": True,
+    }
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs: max |diff| {float((a[key] - b[key]).abs().max())}"
+
+
+def test_resume_after_two_epochs_is_bit_identical(tmp_path: Path, digits: ImageDataset) -> None:
+    straight = train(_config(tmp_path / "straight"), data=digits)
+    train(_config(tmp_path / "split", epochs=2), data=digits)
+    resumed = train(_config(tmp_path / "split", epochs=4, resume=True), data=digits)
+    _assert_identical(_params(straight.model), _params(resumed.model))
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3, 4]
+
+    def timeless(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert timeless(resumed.metrics) == timeless(straight.metrics)
+    with open(tmp_path / "split" / "metrics.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = train(_config(tmp_path / "straight", epochs=3), data=digits)
+    calls = {"n": 0}
+    real_loss = train_module.vae_loss
+
+    def crashing_loss(*args: object, **kw: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 23:  # in the middle of epoch 3 (10 steps per epoch), after the checkpoint of step 21
+            raise KeyboardInterrupt
+        return real_loss(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "vae_loss", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path / "crash", epochs=3, checkpoint_steps=3), data=digits)
+    monkeypatch.setattr(train_module, "vae_loss", real_loss)
+    state = load_checkpoint(tmp_path / "crash", model=build_model("mlp", (1, 8, 8)), optimizer=None)
+    assert (state["epoch"], state["batch"], state["step"]) == (2, 1, 21)
+    resumed = train(_config(tmp_path / "crash", epochs=3, checkpoint_steps=3, resume=True), data=digits)
+    _assert_identical(_params(straight.model), _params(resumed.model))
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    args = ["--dataset", "digits", "--epochs", "6", "--batch-size", "32", "--checkpoint-steps", "2", "--no-progress"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(killed)], env=env)
+    deadline = time.monotonic() + 60
+    while not (killed / "last.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)  # well into training, between or during checkpoint writes
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    _, partial = load_trained(killed)  # the last checkpoint is complete and loads
+    state = load_checkpoint(killed, model=partial, optimizer=None)
+    assert int(state["step"]) > 0  # type: ignore[call-overload]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(killed), "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    straight = subprocess.run(
+        [sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(tmp_path / "straight")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert straight.returncode == 0, straight.stderr
+    _, a = load_trained(killed)
+    _, b = load_trained(tmp_path / "straight")
+    _assert_identical(_params(a), _params(b))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real_loss = train_module.vae_loss
+
+    def nan_loss(*args: object, **kw: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = real_loss(*args, **kw)  # type: ignore[arg-type]
+        return loss * torch.nan if calls["n"] == 15 else loss
+
+    monkeypatch.setattr(train_module, "vae_loss", nan_loss)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, step 14"):
+        train(_config(tmp_path / "run", epochs=3), data=digits)
+    state = load_checkpoint(tmp_path / "run", model=build_model("mlp", (1, 8, 8)), optimizer=None)
+    assert (state["epoch"], state["step"]) == (1, 10)
+    for value in build_model("mlp", (1, 8, 8)).state_dict().values():
+        assert torch.isfinite(value).all()
+
+
+def test_two_process_ddp_matches_single_process_training(tmp_path: Path) -> None:
+    args = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--no-progress", "--binarize"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "kldiv",
+            "vae",
+            "train",
+            *args,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run(
+        [sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(tmp_path / "single")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    _, a = load_trained(tmp_path / "ddp")
+    _, b = load_trained(tmp_path / "single")
+    pa, pb = a.state_dict(), b.state_dict()
+    assert pa.keys() == pb.keys()
+    for key in pa:
+        # same data order and noise: the averaged gradients agree up to float rounding in the all-reduce
+        torch.testing.assert_close(pa[key], pb[key], rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def test_cli_train_eval_sample_sweep(tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        ["vae", "train", "--dataset", "digits", "--epochs", "2", "--z-dim", "2", "--no-progress", "--out", str(run)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "test: -ELBO" in result.output
+    for name in ("metrics.csv", "config.json", "last.json", "samples.png", "reconstructions.png", "curves.png"):
+        assert (run / name).is_file(), name
+    assert (run / "latent.png").is_file()  # z_dim = 2
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    result = runner.invoke(app, ["vae", "eval", "--run", str(run), "--iwae-k", "20"])
+    assert result.exit_code == 0, result.output
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["iwae_nll"] <= -ev["elbo"] + 0.5  # IWAE_20 is tighter than the ELBO (up to Monte Carlo noise)
+    result = runner.invoke(app, ["vae", "sample", "--run", str(run), "-n", "9", "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s.png").stat().st_size > 0
+    sweep = tmp_path / "sweep"
+    result = runner.invoke(
+        app, ["vae", "sweep", "--beta", "0.5", "4", "--epochs", "2", "--no-progress", "--out", str(sweep)]
+    )
+    assert result.exit_code == 0, result.output
+    with open(sweep / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(r["beta"]) for r in table] == [0.5, 4.0]
+    assert float(table[1]["kl"]) < float(table[0]["kl"])  # a larger beta buys a smaller KL
+    assert (sweep / "tradeoff.png").is_file()
+
+
+def test_cli_trains_the_conv_model_with_a_gaussian_decoder_free_bits_and_a_cyclical_schedule(tmp_path: Path) -> None:
+    run = tmp_path / "conv"
+    options = ["--model", "conv", "--likelihood", "gaussian", "--free-bits", "0.1", "--schedule", "cyclical:2:0.5"]
+    result = CliRunner().invoke(
+        app, ["vae", "train", *options, "--epochs", "2", "--val-size", "100", "--no-progress", "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    config, model = load_trained(run)
+    assert (config.model, config.likelihood, config.free_bits) == ("conv", "gaussian", 0.1)
+    assert model.log_sigma is not None
+    with open(run / "metrics.csv") as f:
+        betas = [float(r["beta"]) for r in csv.DictReader(f)]
+    assert betas[0] == 1.0  # the end of the first cycle's plateau
+
+
+def test_cli_errors_are_clear(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["vae", "train", "--epochs", "0", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "epochs must be a positive int" in " ".join(result.output.split())
+    result = runner.invoke(app, ["vae", "eval", "--run", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "config.json not found" in " ".join(result.output.split())  # rich wraps long lines
+    result = runner.invoke(
+        app, ["vae", "train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
