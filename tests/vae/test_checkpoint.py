@@ -469,7 +469,11 @@ def test_sigkill_during_saves_leaves_a_consistent_checkpoint(tmp_path: Path) -> 
         for child in children:
             child.kill()
     for directory, child, delay in zip(directories, children, delays, strict=True):
-        out, _ = child.communicate()
+        assert child.stdout is not None
+        # read through the text wrapper: readline() above may have buffered later lines (communicate() reads the
+        # raw pipe and would miss them, undercounting the completed saves)
+        out = child.stdout.read()
+        child.wait()
         assert child.returncode == -signal.SIGKILL
         completed = int(out.split()[-1]) if out.split() else 1  # the last save that returned before the kill
         model = nn.Linear(1000, 2000)
