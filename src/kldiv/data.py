@@ -44,6 +44,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "read_idx",
+    "shard",
 ]
 
 DATASETS = ("mnist", "digits")
@@ -399,14 +400,20 @@ def batches(
     return _shards(order, batch_size, drop_last=drop_last, rank=rank, world_size=world_size)
 
 
+def shard(size: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s contiguous share of a global batch of ``size`` entries: sizes as even as possible, the
+    first ``size % world_size`` ranks one larger (the rule of :func:`batches`)."""
+    base, extra = divmod(size, world_size)
+    first = rank * base + min(rank, extra)
+    return slice(first, first + base + (rank < extra))
+
+
 def _shards(order: Tensor, batch_size: int, *, drop_last: bool, rank: int, world_size: int) -> Iterator[Tensor]:
     """Rank ``rank``'s contiguous slice of each run of ``batch_size`` entries of ``order`` (see :func:`batches`)."""
     n = len(order)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        base, extra = divmod(min(batch_size, n - start), world_size)
-        first = start + rank * base + min(rank, extra)
-        yield order[first : first + base + (rank < extra)]
+        yield order[start : start + batch_size][shard(min(batch_size, n - start), rank, world_size)]
 
 
 def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from kldiv.data import ImageDataset, batches, binarize, load_dataset
+from kldiv.data import ImageDataset, batches, binarize, load_dataset, shard
 from kldiv.schedules import Scaled, Schedule, parse_schedule
 from kldiv.vae.checkpoint import atomic_write_bytes, has_checkpoint, load_checkpoint, save_checkpoint
 from kldiv.vae.model import VAE, build_model
@@ -158,13 +158,6 @@ def _tensorboard(out_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
 
 
-def _shard(size: int, rank: int, world: int) -> slice:
-    """Rank ``rank``'s contiguous share of a global batch of ``size`` (sizes as even as possible)."""
-    base, extra = divmod(size, world)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (rank < extra))
-
-
 def flush_subnormal_state_(optimizer: torch.optim.Optimizer) -> None:
     """Set the subnormal entries of the optimizer's state to zero, in place.
 
@@ -265,7 +258,7 @@ def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResu
             if config.binarize:
                 x_all = binarize(x_all, noise_gen)
             eps_all = torch.randn(x_all.shape[0], config.z_dim, generator=noise_gen)
-            part = _shard(x_all.shape[0], rank, world)
+            part = shard(x_all.shape[0], rank, world)
             x = x_all[part]
             beta_t = schedule(step)
             terms = elbo_terms(net if world > 1 else model, x, eps=eps_all[part])  # type: ignore[arg-type]
