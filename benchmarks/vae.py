@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._common import machine, write_json
-from kldiv.data import load_mnist, read_idx
+from kldiv.data import binarize, load_mnist
 from kldiv.vae.objective import evaluate, iwae_bound
 from kldiv.vae.train import TrainConfig, flush_subnormal_state_, train
 
@@ -96,10 +96,11 @@ def tutorial_loss(recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tenso
 
 def run_tutorial(data_dir: Path, epochs: int, *, flush_subnormals: bool = False) -> dict[str, Any]:
     torch.manual_seed(0)
-    images = read_idx(_idx(data_dir, "train-images-idx3-ubyte"))
-    labels = read_idx(_idx(data_dir, "train-labels-idx1-ubyte"))
-    test_images = read_idx(_idx(data_dir, "t10k-images-idx3-ubyte"))
-    test_labels = read_idx(_idx(data_dir, "t10k-labels-idx1-ubyte"))
+    data = load_mnist(
+        data_dir
+    )  # the raw uint8 pixels back (exact: they were divided by 255), as torchvision holds them
+    images, labels = (data.train[:, 0] * 255).round().to(torch.uint8), data.train_labels
+    test_images, test_labels = (data.test[:, 0] * 255).round().to(torch.uint8), data.test_labels
     train_loader = DataLoader(TutorialMNIST(images, labels), batch_size=128, shuffle=True)
     test_loader = DataLoader(TutorialMNIST(test_images, test_labels), batch_size=128)
     model = TutorialVAE()
@@ -129,11 +130,6 @@ def run_tutorial(data_dir: Path, epochs: int, *, flush_subnormals: bool = False)
     return {"seconds_per_epoch": seconds, "test_neg_elbo_per_epoch": test_losses}
 
 
-def _idx(data_dir: Path, stem: str) -> Path:
-    gz = data_dir / f"{stem}.gz"
-    return gz if gz.exists() else data_dir / stem
-
-
 # --- (b), (c) kldiv ------------------------------------------------------------------------------------------
 
 
@@ -159,13 +155,13 @@ def run_kldiv(
     x = data.test[:iwae_images]
     neg_elbo = -result.test.elbo
     if binarized:  # a binarized model is evaluated on one fixed binarization of the test set
-        data = replace(data, test=torch.bernoulli(data.test, generator=torch.Generator().manual_seed(1)))
+        data = replace(data, test=binarize(data.test, torch.Generator().manual_seed(1)))
         x = data.test[:iwae_images]
         neg_elbo = -evaluate(result.model, data.test, generator=torch.Generator().manual_seed(2)).elbo
     start = time.perf_counter()
     bound = iwae_bound(result.model, x, k=iwae_k, generator=torch.Generator().manual_seed(3), progress=True)
     return {
-        "seconds_per_epoch": result.seconds_per_epoch,
+        "seconds_per_epoch": [row["seconds"] for row in result.metrics],
         "test_neg_elbo_per_epoch": [-row["eval_elbo"] for row in result.metrics],
         "test_neg_elbo": neg_elbo,
         f"iwae_{iwae_k}_nll": -float(bound.mean()),

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -108,7 +106,7 @@ def eval_command(
     """Test ELBO (reconstruction and KL, per dimension), IWAE-k bound on log p(x), active units; eval.json."""
     import torch
 
-    from kldiv.data import load_dataset
+    from kldiv.data import binarize, load_dataset
     from kldiv.vae.checkpoint import atomic_write_bytes
     from kldiv.vae.objective import evaluate, iwae_bound
     from kldiv.vae.train import load_trained
@@ -120,7 +118,7 @@ def eval_command(
         raise _fail(str(exc)) from None
     x = data.test[:limit] if limit else data.test
     if config.binarize:
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+        x = binarize(x, torch.Generator().manual_seed(seed))
     result: dict[str, Any] = {"images": int(x.shape[0])}
     ev = evaluate(model, x, generator=torch.Generator().manual_seed(seed))
     result.update(
@@ -195,6 +193,7 @@ def sweep_command(
     """Train one VAE per beta; writes the reconstruction/KL trade-off as sweep.csv, sweep.md and tradeoff.png."""
     from kldiv.report import png_bytes
     from kldiv.vae.checkpoint import atomic_write_bytes
+    from kldiv.vae.train import write_csv
 
     try:
         betas = [*(beta or []), *(float(extra) for extra in ctx.args)]
@@ -228,11 +227,7 @@ def sweep_command(
         )
         Console().print(f"beta {b:g}: reconstruction {t.reconstruction:.2f}, KL {t.kl:.2f}, -ELBO {-t.elbo:.2f}")
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out / "sweep.csv", buf.getvalue().encode())
+    write_csv(out / "sweep.csv", rows)
     lines = ["| beta | reconstruction | KL | -ELBO | active units |", "|---|---|---|---|---|"]
     lines += [
         f"| {r['beta']:g} | {r['reconstruction']:.2f} | {r['kl']:.2f} | {r['neg_elbo']:.2f} | {r['active_units']} |"

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv.losses.chunked import DEFAULT_CHUNK_ELEMENTS, fill_rows, scale_precomputed
-from kldiv.losses.functional import check_options, compute_dtype
+from kldiv.losses.functional import check_options, compute_dtype, row_scale
 
 Direction = Literal["forward", "reverse"]
 _ROWS_PER_CHUNK = 1 << 22  # logits per chunk (rows x V): larger than the logits path, for efficient matmuls
@@ -47,6 +47,7 @@ class _FusedLinearKL(torch.autograd.Function):
         chunk_rows: int,
     ) -> Tensor:
         n, v = hidden.shape[0], weight.shape[0]
+        scale = row_scale(valid, reduction, v)  # applied to each chunk's logit gradient, so dh, dW, db come scaled
         grad_h = torch.zeros_like(hidden)
         grad_w = torch.zeros_like(weight)
         grad_b = None if bias is None else torch.zeros_like(bias)
@@ -73,7 +74,7 @@ class _FusedLinearKL(torch.autograd.Function):
                 normalized=False,
                 kl_weight=1.0,
                 ce_weight=0.0,
-                scale=1.0,
+                scale=scale,
                 chunk_rows=max(1, DEFAULT_CHUNK_ELEMENTS // v),
                 values=values[i0:i1],
                 grad_s=g,
@@ -84,16 +85,6 @@ class _FusedLinearKL(torch.autograd.Function):
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
         total = values.sum()
-        n_valid = int(valid.sum())
-        if reduction == "batchmean":
-            scale = 1.0 / max(n_valid, 1)
-        elif reduction == "mean":
-            scale = 1.0 / max(n_valid * weight.shape[0], 1)
-        else:
-            scale = 1.0
-        for grad in (grad_h, grad_w, grad_b):
-            if grad is not None and scale != 1.0:
-                grad.mul_(scale)
         # saved (not a ctx attribute) so autograd frees them after backward and .grad takes them without a copy
         ctx.save_for_backward(grad_h, grad_w, grad_b)  # type: ignore[arg-type]
         return total * scale

@@ -29,7 +29,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,6 @@ class TrainResult:
     metrics: list[dict[str, float]]
     out_dir: Path
     test: Evaluation
-    seconds_per_epoch: list[float] = field(default_factory=list)
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
@@ -138,8 +138,8 @@ def _generator_state(g: torch.Generator) -> Tensor:
     return g.get_state().clone()
 
 
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    """metrics.csv, rewritten whole and atomically (so a resumed run never duplicates or loses rows)."""
+def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """Rows as CSV, rewritten whole and atomically (so a resumed run's metrics.csv never duplicates or loses rows)."""
     if not rows:
         return
     buf = io.StringIO()
@@ -219,7 +219,6 @@ def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResu
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
     writer = _tensorboard(out_dir) if rank == 0 and config.figures else None
-    seconds: list[float] = []
 
     def checkpoint(epoch: int, batch: int, data_state: Tensor) -> None:
         if rank != 0:
@@ -287,7 +286,6 @@ def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResu
             if config.checkpoint_steps and step % config.checkpoint_steps == 0:
                 checkpoint(epoch, b + 1, this_epoch_state)
         elapsed = time.perf_counter() - started
-        seconds.append(elapsed)
         evaluation = evaluate(
             model,
             data.val if data.val.shape[0] else data.test,
@@ -309,7 +307,7 @@ def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResu
         }
         metrics.append(row)
         if rank == 0:
-            _write_metrics(out_dir / METRICS_FILE, metrics)
+            write_csv(out_dir / METRICS_FILE, metrics)
             if writer is not None:
                 for key, value in row.items():
                     writer.add_scalar(key, value, step)
@@ -323,4 +321,4 @@ def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResu
         write_figures(model, data, metrics, out_dir, generator=torch.Generator().manual_seed(config.seed))
     if writer is not None:
         writer.close()
-    return TrainResult(model=model, metrics=metrics, out_dir=out_dir, test=test, seconds_per_epoch=seconds)
+    return TrainResult(model=model, metrics=metrics, out_dir=out_dir, test=test)
