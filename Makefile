@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.13.0
 
 .PHONY: tour test venv clean
 
-$(BIN)/.kldiv-installed: pyproject.toml Makefile
+$(BIN)/.kldiv-installed: pyproject.toml setup.py src/kldiv/_kernels.c Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" "$(TORCH_PIN)"

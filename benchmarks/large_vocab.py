@@ -3,10 +3,12 @@ the naive torch path in the same run.
 
 (a) logits in, N=4096, V=32000: ``forward_kl(s, t, temperature=2)`` against ``F.kl_div(F.log_softmax(s / T),
 F.log_softmax(t / T), log_target=True, reduction="batchmean")``; goal >= 5x faster and extra peak memory <= 10%
-of naive's. (b) fused linear from hidden states (N=4096, H=1024) and head weight (V=32000), against
-``hidden @ W.T`` + the naive loss; goal: extra peak memory <= 5% of naive's at no more than naive's time.
-(c) as (b) at V=128256, N=1024. Memory is the peak RSS above the inputs and their gradients, each side in its
-own process; time is measured with both sides back to back in each round of one process (see :func:`_case`).
+of naive's; also on kldiv's torch path (``KLDIV_NATIVE=0``: no C kernel, as on CUDA or without a compiler) and
+for the Hinton distillation loss (``alpha = 0.5``, against ``F.kl_div`` + ``F.cross_entropy``).
+(b) fused linear from hidden states (N=4096, H=1024) and head weight (V=32000), against ``hidden @ W.T`` + the
+naive loss; goal: extra peak memory <= 5% of naive's at no more than naive's time. (c) as (b) at V=128256,
+N=1024. Memory is the peak RSS above the inputs and their gradients, each side in its own process; time is
+measured with both sides back to back in each round of one process (see :func:`_case`).
 
 Run: ``.venv/bin/python -m benchmarks.large_vocab`` (writes ``benchmarks/results/large_vocab.json``).
 """
@@ -14,6 +16,7 @@ Run: ``.venv/bin/python -m benchmarks.large_vocab`` (writes ``benchmarks/results
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,13 +31,15 @@ import json, resource, statistics, sys, time
 import torch
 import torch.nn.functional as F
 import kldiv.losses  # imported before the baseline, so library code is not counted as extra
-from kldiv.losses import forward_kl, fused_linear_kl
+from kldiv.losses import distillation_loss, forward_kl, fused_linear_kl
+from kldiv.losses.chunked import kernel
 N, V, T, H = {N}, {V}, {T}, {H}
 torch.manual_seed(0)
 h = torch.randn(N, H, requires_grad=True)
 w = (torch.randn(V, H) / H**0.5).requires_grad_()
 s = torch.randn(N, V, requires_grad=True)
 t = torch.randn(N, V)
+labels = torch.randint(0, V, (N,))
 
 def naive_linear():
     h.grad = w.grad = None
@@ -53,8 +58,18 @@ def kldiv():
     s.grad = None
     forward_kl(s, t, temperature=T).backward()
 
+def naive_distillation():
+    s.grad = None
+    kl = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction="batchmean")
+    (0.5 * T**2 * kl + 0.5 * F.cross_entropy(s, labels)).backward()
+
+def kldiv_distillation():
+    s.grad = None
+    distillation_loss(s, t, labels, alpha=0.5, temperature=T).backward()
+
 # the gradients of the inputs are part of their footprint, not extra
-GRAD_MB = {{"naive": N * V, "kldiv": N * V, "naive_linear": N * H + V * H, "kldiv_linear": N * H + V * H}}
+GRAD_MB = {{"naive": N * V, "kldiv": N * V, "naive_linear": N * H + V * H, "kldiv_linear": N * H + V * H,
+            "naive_distillation": N * V, "kldiv_distillation": N * V}}
 """
 
 _MEMORY = """
@@ -69,6 +84,7 @@ print(json.dumps({{"extra_peak_mb": (peak - base) / 1024 - GRAD_MB[sys.argv[1]] 
 _TIME = """
 a, b = globals()[sys.argv[1]], globals()[sys.argv[2]]
 a(), b()  # warm-up
+assert kernel is not None or not {NATIVE}, "the C kernel kldiv._kernels is not built"
 rounds = []
 for _ in range({ROUNDS}):
     t0 = time.perf_counter(); a(); t1 = time.perf_counter(); b(); t2 = time.perf_counter()
@@ -77,28 +93,33 @@ print(json.dumps(rounds))
 """
 
 
-def _child(code: str, *args: str) -> Any:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+def _child(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    run_env = None if env is None else {**os.environ, **env}
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=run_env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _case(name: str, linear: bool, n: int, v: int, h: int, goal: str) -> dict[str, object]:
+def _case(name: str, pair: str, n: int, v: int, h: int, goal: str, native: bool = True) -> dict[str, object]:
     """Peak memory of each side in its own process; time of both in one process, interleaved round by round.
 
-    The speed of this 2-core machine switches between two modes (about 2x apart) every few seconds; a ratio taken
-    within a round (the two calls back to back) is robust to that, so the reported ratio is the median of the
-    per-round ratios.
+    ``pair`` names the two step functions of ``_SETUP``: ``naive{pair}`` and ``kldiv{pair}``. ``native=False``
+    runs kldiv on its torch path (``KLDIV_NATIVE=0``) instead of the C kernel. The speed of this 2-core machine
+    switches between two modes (about 2x apart) every few seconds; a ratio taken within a round (the two calls
+    back to back) is robust to that, so the reported ratio is the median of the per-round ratios.
     """
-    setup = _SETUP.format(N=n, V=v, T=T, H=h if linear else 1)
-    base, ours = ("naive_linear", "kldiv_linear") if linear else ("naive", "kldiv")
-    memory_naive = _child(setup + _MEMORY.format(R=REPEATS), base)["extra_peak_mb"]
-    memory_ours = _child(setup + _MEMORY.format(R=REPEATS), ours)["extra_peak_mb"]
-    rounds = _child(setup + _TIME.format(ROUNDS=ROUNDS), base, ours)
+    setup = _SETUP.format(N=n, V=v, T=T, H=h if pair == "_linear" else 1)
+    base, ours = f"naive{pair}", f"kldiv{pair}"
+    env = {"KLDIV_NATIVE": "1" if native else "0"}
+    memory_naive = _child(setup + _MEMORY.format(R=REPEATS), base, env=env)["extra_peak_mb"]
+    memory_ours = _child(setup + _MEMORY.format(R=REPEATS), ours, env=env)["extra_peak_mb"]
+    rounds = _child(setup + _TIME.format(ROUNDS=ROUNDS, NATIVE=native), base, ours, env=env)
     ratios = [o / b for b, o in rounds]
     time_ratio = statistics.median(ratios)
     memory = memory_ours / memory_naive
     met = (time_ratio <= 0.2 and memory <= 0.10) if goal == "a" else (time_ratio <= 1.0 and memory <= 0.05)
-    shape = f"N={n} H={h} V={v} fused linear" if linear else f"N={n} V={v} logits"
+    linear = pair == "_linear"
+    shape = f"N={n} H={h} V={v} fused linear" if linear else f"N={n} V={v} {pair[1:] or 'forward KL'} logits"
+    shape += "" if native else " (torch path, KLDIV_NATIVE=0)"
     naive_s = statistics.median(r[0] for r in rounds)
     ours_s = statistics.median(r[1] for r in rounds)
     print(
@@ -109,6 +130,8 @@ def _case(name: str, linear: bool, n: int, v: int, h: int, goal: str) -> dict[st
     )
     return {
         "case": name,
+        "loss": pair[1:] or "forward_kl",
+        "c_kernel": native,
         "N": n,
         "V": v,
         **({"H": h} if linear else {}),
@@ -124,9 +147,11 @@ def _case(name: str, linear: bool, n: int, v: int, h: int, goal: str) -> dict[st
 
 def main() -> None:
     cases = [
-        _case("a", False, N, V, 0, "a"),
-        _case("b", True, N, V, 1024, "b"),
-        _case("c", True, 1024, 128_256, 1024, "b"),
+        _case("a", "", N, V, 0, "a"),
+        _case("a, torch path", "", N, V, 0, "a", native=False),
+        _case("a, distillation", "_distillation", N, V, 0, "a"),
+        _case("b", "_linear", N, V, 1024, "b"),
+        _case("c", "_linear", 1024, 128_256, 1024, "b"),
     ]
     write_json(
         "large_vocab",

@@ -15,6 +15,8 @@ from torch.autograd import gradcheck
 from kldiv.losses import distillation_loss, forward_kl, generalized_jsd, reverse_kl, symmetric_kl
 from kldiv.losses.chunked import chunked_rows
 
+from .backends import BACKENDS, backend
+
 INF = math.inf
 LOSSES: dict[str, Callable[..., Any]] = {
     "forward": forward_kl,
@@ -25,6 +27,12 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "jsd1": lambda s, t, **kw: generalized_jsd(s, t, beta=1.0, normalized=True, **kw),
     "jsd_norm": lambda s, t, **kw: generalized_jsd(s, t, beta=0.7, normalized=True, **kw),
 }
+
+
+F32_GRAD = 1e-5
+"""float32 gradients: within 1e-5 of the float64 reference relative to the gradient's largest entry (the issue's
+"1e-5 relative"; entry-wise relative error is not meaningful for entries near 0, where even the naive float32
+path is off by more: its reverse-KL gradient at logit offsets of +-30 is off by 5.9e-7 of the largest entry)."""
 
 
 def _both(loss: Callable[..., Any], s: torch.Tensor, t: torch.Tensor, w: torch.Tensor | None, **kw: Any) -> list[Any]:
@@ -79,19 +87,21 @@ def test_chunked_equals_naive_float64(
     _close(gt1, gt0, 1e-10, 1e-13)
 
 
+@pytest.mark.parametrize("fast", BACKENDS)
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 40), v=st.integers(1, 50), name=st.sampled_from(sorted(LOSSES)), seed=st.integers(0, 2**16))
-def test_chunked_equals_naive_float32(n: int, v: int, name: str, seed: int) -> None:
+def test_chunked_equals_naive_float32(fast: str, n: int, v: int, name: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     s, t = 4 * torch.randn(n, v, generator=g), 4 * torch.randn(n, v, generator=g)
-    (_, _, _), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
+    with backend(fast):
+        (_, _, _), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
     # the reference: the naive path in float64 on the same float32 values (float32 paths differ by rounding)
     (v0, gs0, gt0), _ = _both(LOSSES[name], s.double(), t.double(), None, temperature=1.3, chunk_size=7)
     v1, gs1, gt1 = v1.double(), gs1.double(), gt1.double()
     _close(v1, v0, 1e-5, 1e-7)
     scale = max(float(gs0.abs().max()), float(gt0.abs().max()))
-    _close(gs1, gs0, 1e-5, 1e-6 * scale)
-    _close(gt1, gt0, 1e-5, 1e-6 * scale)
+    _close(gs1, gs0, 1e-5, F32_GRAD * scale)
+    _close(gt1, gt0, 1e-5, F32_GRAD * scale)
 
 
 @settings(max_examples=15, deadline=None)
@@ -250,6 +260,7 @@ def test_fast_kernel_equals_naive_float64(
     _close(gs1, gs0, 1e-10, 1e-13 * max([1.0, *gs0.abs().flatten().tolist()]))
 
 
+@pytest.mark.parametrize("fast", BACKENDS)
 @settings(max_examples=20, deadline=None)
 @given(
     n=st.integers(1, 40),
@@ -257,14 +268,15 @@ def test_fast_kernel_equals_naive_float64(
     name=st.sampled_from(["forward", "reverse", "symmetric"]),
     seed=st.integers(0, 9),
 )
-def test_fast_kernel_equals_naive_float32(n: int, v: int, name: str, seed: int) -> None:
+def test_fast_kernel_equals_naive_float32(fast: str, n: int, v: int, name: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     s, t = 4 * torch.randn(n, v, generator=g) + 30.0, 4 * torch.randn(n, v, generator=g) - 30.0
-    (_, _), (v1, gs1) = _student_only(LOSSES[name], s, t, temperature=1.3, chunk_size=7)
+    with backend(fast):
+        (_, _), (v1, gs1) = _student_only(LOSSES[name], s, t, temperature=1.3, chunk_size=7)
     (v0, gs0), _ = _student_only(LOSSES[name], s.double(), t.double(), temperature=1.3, chunk_size=7)
     v1, gs1 = v1.double(), gs1.double()
     _close(v1, v0, 1e-5, 1e-7)
-    _close(gs1, gs0, 1e-5, 1e-6 * float(gs0.abs().max()))
+    _close(gs1, gs0, 1e-5, F32_GRAD * float(gs0.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

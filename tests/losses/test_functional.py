@@ -258,11 +258,6 @@ def test_modules_call_the_functions() -> None:
         (lambda s, t: forward_kl(s, t, chunk_size=0, implementation="chunked"), ValueError, "chunk_size"),
         (lambda s, t: forward_kl(s, TopK(torch.tensor([[0, 0]] * 3), t[:, :2])), ValueError, "distinct"),
         (lambda s, t: forward_kl(s, TopK(torch.tensor([[0, 1]] * 3), t[:, :2], rest="mass")), ValueError, "mass"),
-        (
-            lambda s, t: forward_kl(s, TopK(torch.tensor([[0, 1]] * 3), t[:, :2]), implementation="chunked"),
-            ValueError,
-            "naive",
-        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error: type[Exception], match: str) -> None:  # type: ignore[no-untyped-def]

@@ -1,98 +1,412 @@
-"""Fused linear KL equals the loss of the materialized logits, in value and in every gradient."""
+"""Fused linear losses equal the functional losses of the materialized logits, in value and in every gradient."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
+from torch import Tensor
 
-from kldiv.losses import forward_kl, reverse_kl
-from kldiv.losses.linear import fused_linear_kl
+from kldiv.losses import (
+    distillation_loss,
+    forward_kl,
+    fused_linear_distillation_loss,
+    fused_linear_jsd,
+    fused_linear_kl,
+    generalized_jsd,
+    reverse_kl,
+    symmetric_kl,
+)
 
 F64 = torch.float64
+KINDS = ["forward", "reverse", "symmetric", "jsd", "jsd_normalized", "distillation"]
+REDUCTIONS = ["batchmean", "sum", "mean", "none"]
+IGNORE = -100
 
 
-def _setup(n: int = 13, h: int = 6, v: int = 9, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def fused(kind: str, hidden: Tensor, weight: Tensor, teacher: Any, labels: Tensor | None, **kw: Any) -> Tensor:
+    """The fused linear loss of ``kind`` (``kw``: bias, temperature, mask, reduction, chunk_size, ...)."""
+    if kind in ("forward", "reverse"):
+        return fused_linear_kl(hidden, weight, teacher, direction=kind, labels=labels, **kw)
+    if kind == "symmetric":
+        return fused_linear_kl(hidden, weight, teacher, direction="symmetric", forward_weight=0.3, labels=labels, **kw)
+    if kind == "jsd":
+        return fused_linear_jsd(hidden, weight, teacher, beta=0.3, labels=labels, **kw)
+    if kind == "jsd_normalized":
+        return fused_linear_jsd(hidden, weight, teacher, beta=0.7, normalized=True, labels=labels, **kw)
+    assert kind == "distillation"
+    assert labels is not None
+    return fused_linear_distillation_loss(hidden, weight, teacher, labels, alpha=0.3, **kw)
+
+
+def reference(kind: str, logits: Tensor, teacher: Tensor, labels: Tensor | None, **kw: Any) -> Tensor:
+    """The same loss of the materialized logits by the naive functional path."""
+    kw = {"implementation": "naive", **kw}
+    if kind == "forward":
+        return forward_kl(logits, teacher, labels=labels, **kw)
+    if kind == "reverse":
+        return reverse_kl(logits, teacher, labels=labels, **kw)
+    if kind == "symmetric":
+        return symmetric_kl(logits, teacher, weight=0.3, labels=labels, **kw)
+    if kind == "jsd":
+        return generalized_jsd(logits, teacher, beta=0.3, labels=labels, **kw)
+    if kind == "jsd_normalized":
+        return generalized_jsd(logits, teacher, beta=0.7, normalized=True, labels=labels, **kw)
+    assert labels is not None
+    return distillation_loss(logits, teacher, labels, alpha=0.3, **kw)
+
+
+def make(n: int = 13, h: int = 6, v: int = 9, v_t: int | None = None, seed: int = 0) -> dict[str, Tensor]:
+    """Random float64 inputs; tokens 2 and 7 masked, 4 and 9 labelled ``IGNORE``; invalid rows hold NaN in
+    ``hidden_nan`` and in every teacher form (``hidden`` keeps them finite, for the reference)."""
+    v_t = v if v_t is None else v_t
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, h, dtype=F64, generator=g, requires_grad=True)
-    weight = torch.randn(v, h, dtype=F64, generator=g, requires_grad=True)
-    bias = torch.randn(v, dtype=F64, generator=g, requires_grad=True)
-    teacher = torch.randn(n, v, dtype=F64, generator=g)
-    return hidden, weight, bias, teacher
+    d = {
+        "hidden": torch.randn(n, h, dtype=F64, generator=g),
+        "weight": torch.randn(v, h, dtype=F64, generator=g),
+        "bias": torch.randn(v, dtype=F64, generator=g),
+        "t_hidden": torch.randn(n, 4, dtype=F64, generator=g),
+        "t_weight": torch.randn(v_t, 4, dtype=F64, generator=g),
+        "t_bias": torch.randn(v_t, dtype=F64, generator=g),
+        "labels": torch.randint(0, v, (n,), generator=g),
+        "mask": torch.ones(n, dtype=torch.bool),
+    }
+    d["mask"][[2, 7] if n > 7 else []] = False
+    d["labels"][[4, 9] if n > 9 else []] = IGNORE
+    valid = d["mask"] & (d["labels"] != IGNORE)
+    d["t_logits"] = d["t_hidden"] @ d["t_weight"].T + d["t_bias"]
+    for key in ("t_hidden", "t_logits"):
+        d[key] = torch.where(valid[:, None], d[key], torch.nan)
+    d["hidden_nan"] = torch.where(valid[:, None], d["hidden"], torch.nan)
+    return d
 
 
-@pytest.mark.parametrize("direction", ["forward", "reverse"])
-@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean"])
+def run(
+    loss: Callable[..., Tensor], leaves: tuple[Tensor, ...], reduction: str, seed: int = 1
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Value and gradients of ``loss(*leaves)``; backward with a non-uniform ``grad_output`` (0.7 for a scalar)."""
+    leaves = tuple(x.detach().clone().requires_grad_() for x in leaves)
+    value = loss(*leaves)
+    if reduction == "none":
+        grad_output = torch.randn(value.shape, dtype=F64, generator=torch.Generator().manual_seed(seed)).to(value.dtype)
+    else:
+        grad_output = torch.tensor(0.7, dtype=value.dtype)
+    return value.detach(), torch.autograd.grad(value, leaves, grad_output)
+
+
+def assert_same(got: tuple[Tensor, tuple[Tensor, ...]], ref: tuple[Tensor, tuple[Tensor, ...]], tol: float) -> None:
+    torch.testing.assert_close(got[0], ref[0].to(got[0].dtype), rtol=tol, atol=tol)
+    for name, a, b in zip(("hidden", "weight", "bias"), got[1], ref[1], strict=True):
+        torch.testing.assert_close(a, b.to(a.dtype), rtol=tol, atol=tol, msg=lambda m, k=name: f"d{k}: {m}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("chunk_size", [1, 4, 100])
-def test_fused_linear_matches_materialized_logits(direction: str, reduction: str, chunk_size: int) -> None:
-    hidden, weight, bias, teacher = _setup()
-    mask = torch.ones(hidden.shape[0], dtype=torch.bool)
-    mask[[2, 7]] = False
-    value = fused_linear_kl(
-        hidden,
-        weight,
-        teacher,
-        bias=bias,
-        direction=direction,
-        temperature=1.7,
-        mask=mask,
-        reduction=reduction,
-        chunk_size=chunk_size,  # type: ignore[arg-type]
+@pytest.mark.parametrize("teacher_form", ["logits", "head"])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_matches_materialized_logits(
+    kind: str, reduction: str, chunk_size: int, teacher_form: str, temperature: float
+) -> None:
+    d = make()
+    teacher = d["t_logits"] if teacher_form == "logits" else (d["t_hidden"], d["t_weight"], d["t_bias"])
+    kw: dict[str, Any] = {"temperature": temperature, "mask": d["mask"], "reduction": reduction}
+    got = run(
+        lambda h, w, b: fused(kind, h, w, teacher, d["labels"], bias=b, chunk_size=chunk_size, **kw),
+        (d["hidden_nan"], d["weight"], d["bias"]),
+        reduction,
     )
-    value.backward()
-    grads = [x.grad.clone() for x in (hidden, weight, bias)]  # type: ignore[union-attr]
-    for x in (hidden, weight, bias):
-        x.grad = None
-    loss = forward_kl if direction == "forward" else reverse_kl
-    ref = loss(
-        hidden @ weight.T + bias, teacher, temperature=1.7, mask=mask, reduction=reduction, implementation="naive"
+    ref = run(
+        lambda h, w, b: reference(kind, h @ w.T + b, d["t_logits"], d["labels"], **kw),
+        (d["hidden"], d["weight"], d["bias"]),
+        reduction,
     )
-    ref.backward()
-    torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
-    for got, x in zip(grads, (hidden, weight, bias), strict=True):
-        torch.testing.assert_close(got, x.grad, rtol=1e-10, atol=1e-12)
+    assert_same(got, ref, 1e-10)
+    assert got[0].shape == ((13,) if reduction == "none" else ())
+    valid = d["mask"] & (d["labels"] != IGNORE)
+    assert bool((got[1][0][~valid] == 0).all())  # the NaN rows get an exact zero gradient
+    if reduction == "none":
+        assert bool((got[0][~valid] == 0).all())
 
 
-def test_teacher_given_as_hidden_states_and_head() -> None:
-    hidden, weight, bias, _ = _setup()
-    g = torch.Generator().manual_seed(5)
-    t_hidden = torch.randn(hidden.shape[0], 4, dtype=F64, generator=g)
-    t_weight = torch.randn(weight.shape[0], 4, dtype=F64, generator=g)
-    value = fused_linear_kl(hidden, weight, (t_hidden, t_weight, None), bias=bias, chunk_size=3)
-    ref = forward_kl(hidden @ weight.T + bias, t_hidden @ t_weight.T, implementation="naive")
-    torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
+@pytest.mark.parametrize("kind", KINDS)
+def test_without_bias_mask_or_labels(kind: str) -> None:
+    d = make(n=6)
+    labels = d["labels"] if kind == "distillation" else None
+    leaves = (d["hidden"], d["weight"])
+    got = run(lambda h, w: fused(kind, h, w, d["t_logits"], labels, chunk_size=4), leaves, "batchmean")
+    ref = run(lambda h, w: reference(kind, h @ w.T, d["t_logits"], labels), leaves, "batchmean")
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(got[1], ref[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_gradcheck_small() -> None:
-    hidden, weight, bias, teacher = _setup(n=4, h=3, v=5)
+@pytest.mark.parametrize(
+    ("kind", "v_t"), [("forward", 6), ("reverse", 12), ("jsd", 6), ("jsd", 12), ("distillation", 6)]
+)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_teacher_vocabulary_may_differ(kind: str, v_t: int, reduction: str) -> None:
+    d = make(v_t=v_t)
+    kw: dict[str, Any] = {"temperature": 1.3, "mask": d["mask"], "reduction": reduction}
+    for teacher in (d["t_logits"], (d["t_hidden"], d["t_weight"], d["t_bias"])):
+        got = run(
+            lambda h, w, b, t=teacher: fused(kind, h, w, t, d["labels"], bias=b, chunk_size=5, **kw),
+            (d["hidden_nan"], d["weight"], d["bias"]),
+            reduction,
+        )
+        ref = run(
+            lambda h, w, b: reference(kind, h @ w.T + b, d["t_logits"], d["labels"], **kw),
+            (d["hidden"], d["weight"], d["bias"]),
+            reduction,
+        )
+        assert bool(torch.isfinite(got[0]).all())
+        assert_same(got, ref, 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["forward", "jsd", "distillation"])
+def test_teacher_neg_inf_logits_are_exact_zeros(kind: str) -> None:
+    d = make()
+    teacher = d["t_logits"].clone()
+    teacher[:, [0, 3]] = -torch.inf
+    kw: dict[str, Any] = {"temperature": 2.0, "mask": d["mask"], "reduction": "none"}
+    got = run(
+        lambda h, w, b: fused(kind, h, w, teacher, d["labels"], bias=b, chunk_size=3, **kw),
+        (d["hidden_nan"], d["weight"], d["bias"]),
+        "none",
+    )
+    ref = run(
+        lambda h, w, b: reference(kind, h @ w.T + b, teacher, d["labels"], **kw),
+        (d["hidden"], d["weight"], d["bias"]),
+        "none",
+    )
+    assert bool(torch.isfinite(got[0]).all())
+    assert_same(got, ref, 1e-10)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("how", ["mask", "labels"])
+def test_all_rows_ignored_gives_zero_not_nan(kind: str, reduction: str, how: str) -> None:
+    d = make(n=5)
+    hidden = torch.full((5, 6), torch.nan, dtype=F64, requires_grad=True)
+    weight, bias = d["weight"].requires_grad_(), d["bias"].requires_grad_()
+    teacher = torch.full((5, 9), torch.nan, dtype=F64)
+    labels = torch.full((5,), IGNORE) if how == "labels" else d["labels"]
+    mask = torch.zeros(5, dtype=torch.bool) if how == "mask" else None
+    value = fused(kind, hidden, weight, teacher, labels, bias=bias, mask=mask, reduction=reduction, chunk_size=2)
+    grads = torch.autograd.grad(value, (hidden, weight, bias), torch.ones_like(value))
+    assert value.shape == ((5,) if reduction == "none" else ())
+    assert bool((value == 0).all())
+    for g in grads:
+        assert bool((g == 0).all())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_float32_matches_float64_reference(
+    kind: str, reduction: str, native: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLDIV_NATIVE", native)  # the C kernel or the torch ops for the float32 KL rows
+    d = make(n=40, h=16, v=50)
+    leaves = tuple(d[k].float().double() for k in ("hidden", "weight", "bias"))  # the float32 values, exactly
+    kw: dict[str, Any] = {"temperature": 1.5, "mask": d["mask"], "reduction": reduction}
+    teacher = d["t_logits"].float()
+    got = run(
+        lambda h, w, b: fused(kind, h, w, teacher, d["labels"], bias=b, chunk_size=7, **kw),
+        tuple(x.float() for x in leaves),
+        reduction,
+    )
+    ref = run(
+        lambda h, w, b: reference(kind, h @ w.T + b, teacher.double(), d["labels"], **kw),
+        leaves,
+        reduction,
+    )
+    assert got[0].dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in got[1])
+    assert_same(got, ref, 2e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_bfloat16_upcasts_and_returns_gradients_in_bfloat16(kind: str, reduction: str) -> None:
+    d = make(n=20, h=8, v=30)
+    leaves = tuple(d[k].bfloat16().double() for k in ("hidden", "weight", "bias"))
+    teacher = d["t_logits"].nan_to_num().bfloat16()
+    kw: dict[str, Any] = {"temperature": 2.0, "mask": d["mask"], "reduction": reduction}
+    got = run(
+        lambda h, w, b: fused(kind, h, w, teacher, d["labels"], bias=b, chunk_size=6, **kw),
+        tuple(x.bfloat16() for x in leaves),
+        reduction,
+    )
+    ref = run(lambda h, w, b: reference(kind, h @ w.T + b, teacher.double(), d["labels"], **kw), leaves, reduction)
+    assert got[0].dtype == torch.float32
+    assert all(g.dtype == torch.bfloat16 for g in got[1])
+    assert_same(got, ref, 3e-2)  # the logits are rounded to bfloat16 (as when materialized in bfloat16)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty_batch(reduction: str) -> None:
+    hidden = torch.zeros(0, 4, dtype=F64, requires_grad=True)
+    weight = torch.ones(5, 4, dtype=F64, requires_grad=True)
+    value = fused_linear_jsd(hidden, weight, torch.zeros(0, 5, dtype=F64), reduction=reduction)  # type: ignore[arg-type]
+    (grad_w,) = torch.autograd.grad(value.sum(), weight)
+    assert value.shape == ((0,) if reduction == "none" else ())
+    assert bool((grad_w == 0).all())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_gradcheck(kind: str, reduction: str) -> None:
+    d = make(n=5, h=3, v=4, seed=3)
+    mask = torch.tensor([True, True, False, True, True])
+    labels = torch.tensor([1, IGNORE, 0, 3, 2])
+    teacher = (d["t_hidden"].nan_to_num(), d["t_weight"], d["t_bias"]) if kind == "jsd" else d["t_logits"].nan_to_num()
+    leaves = tuple(d[k].clone().requires_grad_() for k in ("hidden", "weight", "bias"))
     assert torch.autograd.gradcheck(
-        lambda a, b, c: fused_linear_kl(a, b, teacher, bias=c, chunk_size=3), (hidden, weight, bias)
+        lambda h, w, b: fused(
+            kind, h, w, teacher, labels, bias=b, mask=mask, temperature=1.4, reduction=reduction, chunk_size=2
+        ),
+        leaves,
     )
 
 
-def test_bad_shapes_raise() -> None:
-    hidden, weight, bias, teacher = _setup()
-    with pytest.raises(ValueError, match="hidden must be"):
-        fused_linear_kl(hidden, weight[:, :2], teacher)
-    with pytest.raises(ValueError, match="bias must have shape"):
-        fused_linear_kl(hidden, weight, teacher, bias=bias[:3])
-    with pytest.raises(ValueError, match="teacher logits must be"):
-        fused_linear_kl(hidden, weight, teacher[:3])
+def test_gradients_only_where_required() -> None:
+    d = make()
+    hidden = d["hidden"].clone().requires_grad_()
+    t_logits = d["t_logits"].nan_to_num().requires_grad_()
+    for reduction in ("sum", "none"):  # weight and bias need no gradient: not computed, hidden's still exact
+        value = fused_linear_kl(hidden, d["weight"], t_logits, bias=d["bias"], reduction=reduction)  # type: ignore[arg-type]
+        value.sum().backward()
+    h = d["hidden"].clone().requires_grad_()
+    ref = forward_kl(h @ d["weight"].T + d["bias"], t_logits.detach(), reduction="sum", implementation="naive")
+    torch.testing.assert_close(hidden.grad, 2 * torch.autograd.grad(ref, h)[0], rtol=1e-10, atol=1e-12)
+    assert t_logits.grad is None  # no gradient flows to the teacher
 
 
-def test_masked_rows_may_hold_nan() -> None:
-    g = torch.Generator().manual_seed(5)
-    h = torch.randn(7, 4, generator=g, dtype=torch.float64)
-    w = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(7, 9, generator=g, dtype=torch.float64)
-    mask = torch.tensor([True, False, True, True, False, True, True])
-    h_nan = h.clone()
-    h_nan[~mask] = torch.nan
-    hn = h_nan.requires_grad_()
-    out = fused_linear_kl(hn, w, t, mask=mask, chunk_size=3)
-    gh, gw = torch.autograd.grad(out, (hn, w))
-    ref = forward_kl(h[mask] @ w.T, t[mask])
-    rgw = torch.autograd.grad(ref, w)[0]
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
-    torch.testing.assert_close(gw, rgw, rtol=1e-10, atol=1e-14)
-    assert bool((gh[~mask] == 0).all())
+def test_none_ignored_rows_get_zero_gradient_whatever_their_grad_output() -> None:
+    d = make()
+    hidden = d["hidden_nan"].clone().requires_grad_()
+    weight = d["weight"].clone().requires_grad_()
+    valid = d["mask"] & (d["labels"] != IGNORE)
+    grad_output = torch.where(valid, 1.0, torch.inf).to(F64)
+    value = fused_linear_jsd(hidden, weight, d["t_logits"], labels=d["labels"], mask=d["mask"], reduction="none")
+    gh, gw = torch.autograd.grad(value, (hidden, weight), grad_output)
+    assert bool(torch.isfinite(gw).all())
+    assert bool((gh[~valid] == 0).all())
     assert bool(torch.isfinite(gh).all())
+
+
+def test_none_equals_the_rows_of_sum() -> None:
+    d = make()
+    kw: dict[str, Any] = {"bias": d["bias"], "mask": d["mask"], "labels": d["labels"], "chunk_size": 4}
+    rows = fused_linear_jsd(d["hidden_nan"], d["weight"], d["t_logits"], reduction="none", **kw)
+    total = fused_linear_jsd(d["hidden_nan"], d["weight"], d["t_logits"], reduction="sum", **kw)
+    torch.testing.assert_close(rows.sum(), total, rtol=1e-12, atol=0)
+
+
+def test_default_chunk_size_and_one_row() -> None:
+    d = make(n=1)
+    value = fused_linear_kl(d["hidden"], d["weight"], d["t_logits"], direction="reverse")
+    ref = reverse_kl(d["hidden"] @ d["weight"].T, d["t_logits"], implementation="naive")
+    torch.testing.assert_close(value, ref, rtol=1e-12, atol=0)
+
+
+def _bad_cases() -> list[tuple[str, Callable[[], object], type[Exception], str]]:
+    d = make()
+    h, w, b, t, lab = d["hidden"], d["weight"], d["bias"], d["t_logits"].nan_to_num(), d["labels"]
+    head = (d["t_hidden"].nan_to_num(), d["t_weight"], d["t_bias"])
+    return [
+        ("hidden 1-D", lambda: fused_linear_kl(h[0], w, t), ValueError, r"hidden must have shape \(N, H\)"),
+        ("hidden int", lambda: fused_linear_kl(h.long(), w, t), TypeError, "hidden has dtype torch.int64"),
+        ("hidden list", lambda: fused_linear_kl([[1.0]], w, t), TypeError, "hidden must be a torch.Tensor"),  # type: ignore[arg-type]
+        ("weight V = 0", lambda: fused_linear_kl(h, w[:0], t), ValueError, "an empty vocabulary"),
+        ("weight H", lambda: fused_linear_kl(h, w[:, :2], t), ValueError, r"weight has shape \(9, 2\).*H = .* 6"),
+        ("weight dtype", lambda: fused_linear_kl(h, w.float(), t), TypeError, "hidden has dtype torch.float64 but"),
+        ("bias shape", lambda: fused_linear_kl(h, w, t, bias=b[:3]), ValueError, r"bias must have shape \(9,\)"),
+        ("bias dtype", lambda: fused_linear_kl(h, w, t, bias=b.float()), TypeError, "bias has dtype torch.float32"),
+        ("teacher rows", lambda: fused_linear_kl(h, w, t[:3]), ValueError, r"teacher logits have shape \(3, 9\)"),
+        ("teacher 3-D", lambda: fused_linear_kl(h, w, t[None]), ValueError, "teacher must have shape"),
+        ("teacher type", lambda: fused_linear_kl(h, w, [t]), TypeError, "teacher must be"),  # type: ignore[arg-type]
+        ("teacher tuple len", lambda: fused_linear_kl(h, w, head[:2]), TypeError, "teacher must be"),  # type: ignore[arg-type]
+        (
+            "teacher_hidden rows",
+            lambda: fused_linear_kl(h, w, (head[0][:3], head[1], head[2])),
+            ValueError,
+            "teacher_hidden has 3 rows, expected N = 13",
+        ),
+        (
+            "teacher_weight H",
+            lambda: fused_linear_kl(h, w, (head[0], head[1][:, :2], head[2])),
+            ValueError,
+            "teacher_weight has shape",
+        ),
+        (
+            "teacher_bias shape",
+            lambda: fused_linear_kl(h, w, (head[0], head[1], head[2][:2])),
+            ValueError,
+            r"teacher_bias must have shape \(9,\)",
+        ),
+        ("mask shape", lambda: fused_linear_kl(h, w, t, mask=d["mask"][:3]), ValueError, "mask has shape"),
+        ("mask dtype", lambda: fused_linear_kl(h, w, t, mask=d["mask"].long()), TypeError, "mask must be a bool"),
+        ("labels dtype", lambda: fused_linear_kl(h, w, t, labels=lab.double()), TypeError, "labels has dtype"),
+        ("labels shape", lambda: fused_linear_jsd(h, w, t, labels=lab[:3]), ValueError, "labels has shape"),
+        (
+            "label out of range",
+            lambda: fused_linear_distillation_loss(h, w, t, torch.where(torch.arange(13) == 5, 9, lab)),
+            ValueError,
+            r"labels holds 9 at index 5, outside \[0, 9\)",
+        ),
+        ("negative label", lambda: fused_linear_distillation_loss(h, w, t, lab - 20), ValueError, "labels holds -"),
+        ("labels missing", lambda: fused_linear_distillation_loss(h, w, t, None), TypeError, "labels must be"),  # type: ignore[arg-type]
+        ("direction", lambda: fused_linear_kl(h, w, t, direction="jsd"), ValueError, "direction must be one of"),  # type: ignore[arg-type]
+        (
+            "forward_weight without symmetric",
+            lambda: fused_linear_kl(h, w, t, forward_weight=0.2),
+            ValueError,
+            "forward_weight applies to direction='symmetric' only",
+        ),
+        (
+            "forward_weight range",
+            lambda: fused_linear_kl(h, w, t, direction="symmetric", forward_weight=1.5),
+            ValueError,
+            r"forward_weight must be in \[0.0, 1.0\], got 1.5",
+        ),
+        ("beta 0", lambda: fused_linear_jsd(h, w, t, beta=0.0), ValueError, "pass normalized=True"),
+        ("beta range", lambda: fused_linear_jsd(h, w, t, beta=1.5), ValueError, "beta must be in"),
+        ("normalized type", lambda: fused_linear_jsd(h, w, t, normalized=1), TypeError, "normalized must be a bool"),  # type: ignore[arg-type]
+        ("alpha", lambda: fused_linear_distillation_loss(h, w, t, lab, alpha=-0.1), ValueError, "alpha must be in"),
+        ("temperature", lambda: fused_linear_kl(h, w, t, temperature=0.0), ValueError, "temperature must be in"),
+        ("reduction", lambda: fused_linear_kl(h, w, t, reduction="avg"), ValueError, "reduction must be one of"),  # type: ignore[arg-type]
+        ("chunk_size 0", lambda: fused_linear_kl(h, w, t, chunk_size=0), ValueError, "chunk_size must be a positive"),
+        ("chunk_size bool", lambda: fused_linear_kl(h, w, t, chunk_size=True), ValueError, "chunk_size must be"),
+        (
+            "nan in valid row",
+            lambda: fused_linear_kl(torch.where(torch.arange(13)[:, None] == 7, torch.nan, h), w, t, chunk_size=5),
+            ValueError,
+            r"rows \[5, 10\) of hidden .* student_logits has nan at index \(2, 0\)",
+        ),
+        (
+            "nan in teacher head",
+            lambda: fused_linear_kl(h, w, (head[0], head[1], torch.full_like(head[2], torch.inf))),
+            ValueError,
+            "teacher has inf",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_raises(case: tuple[str, Callable[[], object], type[Exception], str]) -> None:
+    _, call, error, match = case
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_out_of_range_label_of_ignored_token_is_fine() -> None:
+    d = make()
+    labels = d["labels"].clone()
+    labels[[2, 7]] = 99  # masked tokens
+    value = fused_linear_distillation_loss(d["hidden"], d["weight"], d["t_logits"], labels, mask=d["mask"])
+    assert bool(torch.isfinite(value))

@@ -568,3 +568,50 @@ def test_two_gloo_processes_match_unsharded_loss(tmp_path: Path, monkeypatch: py
         assert "labels holds 11, outside [0, 11)" in errors_of_rank["label"]
         assert "NaN or +inf in a valid row" in errors_of_rank["head"]
         assert torch.equal(rank["after"], ranks[0]["jsd-default-T1"]["value"])
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "symmetric", "jsd"])
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_gradcheck_vocab_parallel_function(direction: str, reduction: str) -> None:
+    g = torch.Generator().manual_seed(11)
+    s = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    mask = torch.tensor([True, True, False, True, True])
+
+    def fn(s_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_kl(s_, t_, direction=direction, temperature=1.3, mask=mask, reduction=reduction)  # type: ignore[arg-type]
+
+    assert torch.autograd.gradcheck(fn, (s, t), eps=1e-6, atol=1e-8)
+    labels = torch.tensor([3, 0, -100, 6, 2])
+    assert torch.autograd.gradcheck(
+        lambda s_, t_: vocab_parallel_distillation_loss(
+            s_, t_, labels, alpha=0.3, temperature=2.0, reduction=reduction
+        ),  # type: ignore[arg-type]
+        (s, t),
+        eps=1e-6,
+        atol=1e-8,
+    )
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "symmetric", "jsd"])
+def test_gradcheck_vocab_parallel_linear_function(direction: str) -> None:
+    g = torch.Generator().manual_seed(12)
+    h = torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(6, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    mask = torch.tensor([True, False, True, True, True, True])
+
+    def fn(h_: torch.Tensor, w_: torch.Tensor, b_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_linear_kl(
+            h_,
+            w_,
+            t_,
+            bias_shard=b_,
+            direction=direction,
+            temperature=1.5,
+            mask=mask,
+            chunk_size=4,  # type: ignore[arg-type]
+        )
+
+    assert torch.autograd.gradcheck(fn, (h, w, b, t), eps=1e-6, atol=1e-8)

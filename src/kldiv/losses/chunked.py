@@ -16,10 +16,13 @@ Gradients per token, with ``q = softmax(s / T)`` (student), ``p = softmax(t / T)
 * ``CE(softmax(s), y)`` (distillation's hard term, at ``T = 1``): ``d/ds = softmax(s) - onehot(y)``.
 
 Forward, reverse and symmetric KL with equal vocabularies and a teacher that needs no gradient (distillation,
-RLHF) take a fast kernel, :func:`_kl_rows`: two exponentials per entry, in place, over chunks of 2^18 logits
-(1 MB, cache-resident); its rows below ``_REFINE_BELOW`` are recomputed by the discrete core, and a chunk with a
-non-finite value (``-inf`` logits) falls back to the general path. Logits are validated (one pass) only once a
-chunk is not finite, so valid input costs no separate validation pass.
+RLHF) take a fast kernel: on CPU float32 the C kernel :mod:`kldiv._kernels` (one read of each row, value,
+gradient and the hard-label term fused, rows split over ``torch.get_num_threads()`` threads); elsewhere (CUDA,
+float64, bf16/fp16, or without the compiled extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same
+formulas in torch ops: two exponentials per entry, in place, over chunks of 2^18 logits (1 MB, cache-resident).
+Rows below ``_REFINE_BELOW`` are recomputed by the discrete core; rows with a non-finite logit (``-inf``) take
+the general path. Logits are validated (one pass) only once a row is not finite, so valid input costs no
+separate validation pass.
 
 Entries with zero probability get a zero gradient term; rows whose value is +inf get a zero gradient (the
 value, not the gradient, reports the impossibility). Ignored rows: value 0, gradient 0. Double backward is
@@ -28,6 +31,10 @@ not supported.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -39,8 +46,19 @@ from kldiv._numerics import INF, log_softmax
 from kldiv.discrete import _log_mixture, _logit_difference
 from kldiv.losses.functional import Divergence, _weighted, check_rows, compute_dtype, divergence_rows, row_scale
 
+kernel: Callable[..., None] | None
+"""The C kernel ``kldiv._kernels.kl_rows``, or None when the package was built without a C compiler (then the
+torch path serves every case)."""
+try:
+    from kldiv._kernels import kl_rows as kernel
+except ImportError:
+    kernel = None
+
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
 """Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
+
+NATIVE_CHUNK_ELEMENTS = 1 << 22
+"""Logits per call of the C kernel, which needs no work arrays (only one row per thread)."""
 
 
 def _centered(x: Tensor, g: Tensor) -> Tensor:
@@ -141,6 +159,77 @@ def _kl_rows(w_f: float, s: Tensor, t: Tensor, inv_t: float, weight: float, out:
     return val
 
 
+def _native_ok(*tensors: Tensor) -> bool:
+    """Whether the C kernel can take these CPU float32 tensors (rows with unit stride) and is enabled."""
+    return (
+        kernel is not None
+        and os.environ.get("KLDIV_NATIVE", "1") != "0"
+        and all(x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(-1) == 1 for x in tensors)
+    )
+
+
+def _native_rows(
+    s: Tensor,
+    t: Tensor,
+    g: Tensor,
+    ok: Tensor | None,
+    labels: Tensor | None,
+    w_f: float,
+    inv_t: float,
+    weight: float,
+    ce_coef: float,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-row KL values (float64, NaN on rows with a non-finite logit) and hard-label CE values (or None) of
+    float32 rows by the C kernel :mod:`kldiv._kernels`, its gradient written to ``g``; the rows are split over
+    ``torch.get_num_threads()`` threads (the kernel releases the GIL)."""
+    assert kernel is not None
+    n, vocab = s.shape
+    kl = torch.empty(n, dtype=torch.float64)
+    ce = None if labels is None else torch.empty(n, dtype=torch.float64)
+    ok = None if ok is None else ok.contiguous()
+    labels = None if labels is None else labels.to(torch.int64).contiguous()
+    parts = max(1, min(torch.get_num_threads(), n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+
+    def run(k: int) -> None:
+        i0, i1 = bounds[k], bounds[k + 1]
+        if i1 == i0:
+            return
+        kernel(
+            s[i0:i1].data_ptr(),
+            t[i0:i1].data_ptr(),
+            g[i0:i1].data_ptr(),
+            kl[i0:i1].data_ptr(),
+            None if ce is None else ce[i0:i1].data_ptr(),
+            None if ok is None else ok[i0:i1].data_ptr(),
+            None if labels is None else labels[i0:i1].data_ptr(),
+            i1 - i0,
+            vocab,
+            s.stride(0),
+            t.stride(0),
+            g.stride(0),
+            inv_t,
+            w_f,
+            weight,
+            ce_coef,
+        )
+
+    if parts == 1:
+        run(0)
+    else:
+        list(_pool().map(run, range(parts)))
+    return kl, ce
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kldiv-rows")
+
+
+# a forked child (e.g. a DataLoader worker) inherits the pool but not its threads: it must make its own
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _kl_chunk_fast(
     divergence: Divergence,
     coef: float,
@@ -155,42 +244,58 @@ def _kl_chunk_fast(
     ce_weight: float,
     scale: float,
     grad_s: Tensor,
-    work: Tensor,
-) -> Tensor | None:
+    work: Tensor | None,
+) -> tuple[Tensor, Tensor]:
     """Per-row ``kl_weight * KL + ce_weight * CE`` (forward, reverse or symmetric KL) of one chunk of rows
-    (``ok``: the valid ones; ``every``: all are), gradient written to ``grad_s``; None if a valid row is not
-    finite (the general path handles -inf and raises on NaN).
+    (``ok``: the valid ones; ``every``: all are), gradient written to ``grad_s``; also the mask of valid rows
+    with a non-finite logit, whose value and gradient the caller recomputes on the general path.
 
-    :func:`_kl_rows` does the work; rows with a value below ``_REFINE_BELOW`` are recomputed by the discrete
-    core's cancellation-free kernel; ignored rows get value and gradient 0.
+    The C kernel (``work`` None) or :func:`_kl_rows` does the work; rows with a value below ``_REFINE_BELOW``
+    are recomputed by the discrete core's cancellation-free kernel; ignored rows get value and gradient 0.
     """
-    if not every:  # ignored rows may hold anything: compute on zeros, then zero their value and gradient
-        student = torch.where(ok[:, None], student, 0.0)
-        teacher = torch.where(ok[:, None], teacher, 0.0)
     w_f = {"forward": 1.0, "reverse": 0.0}.get(divergence, coef)
-    val = _kl_rows(w_f, student, teacher, 1.0 / temperature, kl_weight * scale / temperature, grad_s, work)
-    need = ~((val >= _REFINE_BELOW) & (val < INF))  # small, NaN or infinite: one check in the usual case
+    weight = kl_weight * scale / temperature
+    if work is None:
+        val, ce = _native_rows(
+            student,
+            teacher,
+            grad_s,
+            None if every else ok,
+            labels if ce_weight else None,
+            w_f,
+            1.0 / temperature,
+            weight,
+            ce_weight * scale,
+        )
+    else:
+        if not every:  # ignored rows may hold anything: compute on zeros, then zero their value and gradient
+            student = torch.where(ok[:, None], student, 0.0)
+            teacher = torch.where(ok[:, None], teacher, 0.0)
+        val = _kl_rows(w_f, student, teacher, 1.0 / temperature, weight, grad_s, work)
+        ce = None
+        if ce_weight:
+            assert labels is not None
+            lab = torch.where(ok, labels, 0)[:, None]
+            log_s1 = torch.log_softmax(student.to(cdtype), -1)
+            ce = -log_s1.gather(1, lab)[:, 0]
+            g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
+            grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
+    bad = ok & ~torch.isfinite(val)
+    need = ok & ~bad & (val < _REFINE_BELOW)  # small values: recomputed cancellation-free
     if bool(need.any()):
-        if not bool(torch.isfinite(val).all()):
-            return None
         rows = need.nonzero()[:, 0]
         s_rows, t_rows = student[rows].to(cdtype), teacher[rows].to(cdtype)
         ratio = _logit_difference(t_rows, s_rows, temperature)
         log_q = torch.log_softmax(s_rows / temperature, -1)
         log_p = torch.log_softmax(t_rows / temperature, -1)
-        val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False)
-    total = _weighted(kl_weight, val)
-    if ce_weight:
-        assert labels is not None
-        lab = torch.where(ok, labels, 0)[:, None]
-        log_s1 = torch.log_softmax(student.to(cdtype), -1)
-        total = total - ce_weight * log_s1.gather(1, lab)[:, 0]
-        g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
-        grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
+        val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False).to(val.dtype)
+    total = _weighted(kl_weight, torch.where(bad, 0.0, val))
+    if ce is not None:
+        total = total + ce_weight * torch.where(bad, 0.0, ce)
     if not every:
         grad_s[~ok] = 0.0
         total = torch.where(ok, total, 0.0)
-    return total
+    return total, bad
 
 
 def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> Tensor | None:
@@ -226,22 +331,24 @@ def fill_rows(
     """Write the per-row ``kl_weight * divergence + ce_weight * CE`` of flat rows into ``values`` (N,) and its
     gradients, times ``scale``, into ``grad_s`` (and ``grad_t`` unless None), ``chunk_rows`` rows at a time.
 
-    The fast kernel takes forward/reverse/symmetric KL when the teacher needs no gradient; other chunks take the
-    general path (the discrete core's kernels and the closed-form gradients of :func:`_chunk_grads`).
+    The fast kernel takes forward/reverse/symmetric KL when the teacher needs no gradient: the C kernel
+    :mod:`kldiv._kernels` for CPU float32 rows, else :func:`_kl_rows`. Other rows (other divergences, a teacher
+    gradient, vocabularies that differ, a -inf logit) take the general path, :func:`_general_rows`.
     """
     n, v_s = student.shape
-    v_t = teacher.shape[1]
-    size = max(v_s, v_t)
     cdtype = compute_dtype(student.dtype, teacher.dtype)
-    inv_t = 1.0 / temperature
-    fast_possible = divergence in ("forward", "reverse", "symmetric") and grad_t is None and v_s == v_t
+    fast_possible = divergence in ("forward", "reverse", "symmetric") and grad_t is None and v_s == teacher.shape[1]
+    native = fast_possible and _native_ok(student, teacher, grad_s)
+    # the C kernel needs no work arrays, so its chunks are larger (fewer calls); the general path keeps chunk_rows
+    step = max(chunk_rows, NATIVE_CHUNK_ELEMENTS // v_s) if native else chunk_rows
+    work = workspace(min(chunk_rows, n), v_s, cdtype, student.device) if fast_possible and not native else None
     all_valid = bool(valid.all())
-    work = workspace(min(chunk_rows, n), v_s, cdtype, student.device) if fast_possible else student
-    checked = False  # the logits are validated (whole, as the naive path does) once a chunk is not finite
-    for i0 in range(0, n, chunk_rows):
-        i1 = min(i0 + chunk_rows, n)
+    checked = False  # the logits are validated (whole, as the naive path does) once a row is not finite
+    for i0 in range(0, n, step):
+        i1 = min(i0 + step, n)
+        rows = torch.arange(i0, i1, device=student.device)  # the rows left to the general path
         if fast_possible:
-            fast = _kl_chunk_fast(
+            values[i0:i1], bad = _kl_chunk_fast(
                 divergence,
                 coef,
                 student[i0:i1],
@@ -255,40 +362,79 @@ def fill_rows(
                 ce_weight,
                 scale,
                 grad_s[i0:i1],
-                work,
+                None if native else work,
             )
-            if fast is not None:
-                values[i0:i1] = fast
+            if not bool(bad.any()):
                 continue
+            rows = rows[bad]
         if not checked:
             check_rows("student_logits", student, valid, temperature)
             check_rows("teacher", teacher, valid, temperature)
             checked = True
-        ok = valid[i0:i1, None]
-        s = torch.where(ok, _pad(student[i0:i1].to(cdtype), size), 0.0)
-        t = torch.where(ok, _pad(teacher[i0:i1].to(cdtype), size), 0.0)
-        ratio = _logit_difference(t, s, temperature)
-        s_raw = s
-        if temperature != 1.0:
-            s, t = s * inv_t, t * inv_t
-        log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
-        val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
-        gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
-        row_w = ((ok[:, 0] & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
-        gs = gs * row_w
-        total = _weighted(kl_weight, val)
-        if ce_weight:
-            assert labels is not None
-            lab = torch.where(ok[:, 0], labels[i0:i1], 0)[:, None]
-            log_s1 = log_s if temperature == 1.0 else log_softmax(s_raw, -1)
-            ce = -log_s1.gather(1, lab)[:, 0]
-            total = total + ce_weight * ce
-            g_ce = torch.exp(log_s1).scatter_add(1, lab, torch.full_like(log_s1[:, :1], -1.0))
-            gs = gs + g_ce * (ok.to(cdtype) * (ce_weight * scale))
-        values[i0:i1] = torch.where(ok[:, 0], total, 0.0)
-        grad_s[i0:i1] = gs[:, :v_s]
-        if grad_t is not None:
-            grad_t[i0:i1] = (gt * row_w)[:, :v_t]
+        for j0 in range(0, rows.numel(), chunk_rows):
+            r = rows[j0 : j0 + chunk_rows]
+            lab = None if labels is None else labels[r]
+            val, gs, gt = _general_rows(
+                student[r],
+                teacher[r],
+                valid[r],
+                lab,
+                divergence=divergence,
+                temperature=temperature,
+                coef=coef,
+                normalized=normalized,
+                kl_weight=kl_weight,
+                ce_weight=ce_weight,
+                scale=scale,
+                cdtype=cdtype,
+            )
+            values[r] = val
+            grad_s[r] = gs.to(grad_s.dtype)
+            if grad_t is not None:
+                grad_t[r] = gt.to(grad_t.dtype)
+
+
+def _general_rows(
+    student: Tensor,
+    teacher: Tensor,
+    ok: Tensor,
+    labels: Tensor | None,
+    *,
+    divergence: Divergence,
+    temperature: float,
+    coef: float,
+    normalized: bool,
+    kl_weight: float,
+    ce_weight: float,
+    scale: float,
+    cdtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row ``kl_weight * divergence + ce_weight * CE`` of some rows and its gradients times ``scale`` by the
+    discrete core's kernels and the closed forms of :func:`_chunk_grads` (any divergence, -inf logits, vocab
+    sizes that differ); 0 at ignored rows."""
+    v_s, v_t = student.shape[1], teacher.shape[1]
+    size = max(v_s, v_t)
+    inv_t = 1.0 / temperature
+    s = torch.where(ok[:, None], _pad(student.to(cdtype), size), 0.0)
+    t = torch.where(ok[:, None], _pad(teacher.to(cdtype), size), 0.0)
+    ratio = _logit_difference(t, s, temperature)
+    s_raw = s
+    if temperature != 1.0:
+        s, t = s * inv_t, t * inv_t
+    log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
+    val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
+    gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
+    row_w = ((ok & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
+    gs = gs * row_w
+    total = _weighted(kl_weight, val)
+    if ce_weight:
+        assert labels is not None
+        lab = torch.where(ok, labels, 0)[:, None]
+        log_s1 = log_s if temperature == 1.0 else log_softmax(s_raw, -1)
+        total = total - ce_weight * log_s1.gather(1, lab)[:, 0]
+        g_ce = torch.exp(log_s1).scatter_add(1, lab, torch.full_like(log_s1[:, :1], -1.0))
+        gs = gs + g_ce * (ok[:, None].to(cdtype) * (ce_weight * scale))
+    return torch.where(ok, total, 0.0), gs[:, :v_s], (gt * row_w)[:, :v_t]
 
 
 class ChunkedDivergence(torch.autograd.Function):
@@ -356,6 +502,15 @@ class ChunkedDivergence(torch.autograd.Function):
         )
 
 
+def rows_per_chunk(chunk_size: int | None, width: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Rows per chunk: ``chunk_size`` (a positive int), or by default ``elements // width`` (at least 1)."""
+    if chunk_size is None:
+        return max(1, elements // width)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
+    return chunk_size
+
+
 def chunked_rows(
     divergence: Divergence,
     student: Tensor,
@@ -375,12 +530,7 @@ def chunked_rows(
 
     ``chunk_size`` is the number of rows per chunk; by default ``DEFAULT_CHUNK_ELEMENTS // V`` (at least 1).
     """
-    if chunk_size is None:
-        chunk_rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(student.shape[1], teacher.shape[1]))
-    else:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int (rows per chunk), got {chunk_size!r}")
-        chunk_rows = chunk_size
+    chunk_rows = rows_per_chunk(chunk_size, max(student.shape[1], teacher.shape[1]))
     if ce_weight and labels is not None and bool(((labels < 0) | (labels >= student.shape[1]))[valid].any()):
         bad = int(labels[valid & ((labels < 0) | (labels >= student.shape[1]))][0])
         raise ValueError(

@@ -33,9 +33,12 @@ Options shared by every loss
   (which renormalizes it over them), pass ``teacher_logits[..., :V_student]``.
 * Precision: float16/bfloat16 inputs are upcast to float32 before any arithmetic; the result is float32
   (float64 for float64 inputs), and gradients return in the input dtype.
-* ``implementation``: ``"chunked"`` (the fused row-chunked :mod:`kldiv.losses.chunked` Function, memory
-  O(chunk x V)) or ``"naive"`` (plain autograd through the discrete-core kernels); ``"auto"`` picks chunked for
-  logits and log-prob teachers and naive for probabilities and top-k teachers.
+* ``implementation``: ``"naive"`` is plain autograd through the discrete-core kernels over the whole batch (the
+  reference; a top-k teacher is densified to N x V). ``"chunked"`` and ``"auto"`` (the same) walk the rows in
+  chunks of ``chunk_size`` rows (default ``2^18 // V``) with gradients computed in forward, so intermediates are
+  O(chunk x V): logits and log-prob teachers take the fused closed-form Function of :mod:`kldiv.losses.chunked`;
+  probabilities and top-k teachers take :mod:`kldiv.losses.sparse`, which runs the naive kernels chunk by chunk
+  (the same values and gradients, the same validation).
 """
 
 from __future__ import annotations
@@ -241,13 +244,14 @@ def _pad_vocab(x: Tensor, size: int) -> Tensor:
     return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]), value=-INF)
 
 
-def _check_probs(name: str, p: Tensor, valid: Tensor) -> None:
-    """Raise unless the valid rows of ``p`` (N, V) are probabilities: finite, >= 0, summing to 1."""
+def _check_probs(name: str, p: Tensor, valid: Tensor, dtype: torch.dtype) -> None:
+    """Raise unless the valid rows of ``p`` (N, V) are probabilities: finite, >= 0, summing to 1 within the
+    tolerance of ``dtype``, the dtype they were given in (``p`` may be an upcast copy)."""
     if not is_validation_enabled() or p.numel() == 0:
         return
     rows = p.detach()[valid]
     sums = rows.sum(-1)
-    tol = sum_tolerance(p.dtype)
+    tol = sum_tolerance(dtype)
     if bool((rows < 0).any()) or not bool(torch.isfinite(rows).all()) or bool(((sums - 1).abs() > tol).any()):
         raise ValueError(f"{name} must hold probabilities: finite, >= 0 and summing to 1 (tolerance {tol:.2g})")
 
@@ -301,16 +305,22 @@ def _check_topk(teacher: TopK, batch_shape: torch.Size, temperature: float) -> N
             )
 
 
+def check_mass_indices(indices: Tensor, valid: Tensor, vocab: int) -> None:
+    """Raise unless the top-k ids (N, k) of the valid rows lie in the student's ``vocab`` ids (``rest="mass"``)."""
+    top = indices[valid]
+    if top.numel() and int(top.max()) >= vocab:
+        raise ValueError(
+            f"TopK.indices reach {int(top.max())} but the student has {vocab} ids; with rest='mass' "
+            "the teacher's top k must lie in the student's vocabulary"
+        )
+
+
 def _topk_mass_rows(teacher: TopK, student: Tensor, valid: Tensor, cdtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the k ids and "the rest": shape (N, k + 1), normalized."""
     n = student.shape[0]
     idx = teacher.indices.reshape(n, teacher.indices.shape[-1])
+    check_mass_indices(idx, valid, student.shape[1])
     idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device))
-    if int(idx.max()) >= student.shape[1] if idx.numel() else False:
-        raise ValueError(
-            f"TopK.indices reach {int(idx.max())} but the student has {student.shape[1]} ids; with rest='mass' "
-            "the teacher's top k must lie in the student's vocabulary"
-        )
     uniform = 1.0 / (idx.shape[1] + 1)  # ignored rows: a harmless valid teacher
     fill = uniform if teacher.kind == "probs" else math.log(uniform)
     values = torch.where(valid[:, None], teacher.values.reshape(n, teacher.values.shape[-1]).to(cdtype), fill)
@@ -364,7 +374,7 @@ def _naive(
             t = teacher.reshape(n, teacher.shape[-1]).to(cdtype)
             t = torch.where(valid[:, None], t, 0.0)
             if teacher_kind == "probs":
-                _check_probs("teacher", t, valid)
+                _check_probs("teacher", t, valid, teacher.dtype)
                 t = _log_of_probs(torch.where(valid[:, None], t, 1.0))
             size = max(vocab, t.shape[1])
         s, t = _pad_vocab(s, size), _pad_vocab(t, size)
@@ -433,28 +443,47 @@ def _loss(
     cdtype = compute_dtype(*dtypes)
     valid = valid_rows(batch_shape, labels, ignore_index, mask, student.device)
     flat_s = student.reshape(n, vocab)
-    use_chunked = implementation == "chunked" or (
-        implementation == "auto" and not isinstance(teacher, TopK) and teacher_kind != "probs"
-    )
-    if not use_chunked:  # the chunked path checks logits itself, as soon as a chunk is not finite
+    if implementation == "naive":
         check_rows("student_logits", flat_s, valid, t_value)
-    if not isinstance(teacher, TopK) and teacher_kind != "probs" and (teacher_kind == "log_probs" or not use_chunked):
-        check_rows(
-            "teacher", teacher.reshape(n, teacher.shape[-1]), valid, t_value, log_probs=teacher_kind == "log_probs"
+        if not isinstance(teacher, TopK) and teacher_kind != "probs":
+            flat_t = teacher.reshape(n, teacher.shape[-1])
+            check_rows("teacher", flat_t, valid, t_value, log_probs=teacher_kind == "log_probs")
+        values = _weighted(
+            kl_weight, _naive(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
         )
-    if use_chunked:
-        if isinstance(teacher, TopK) or teacher_kind == "probs":
-            raise ValueError(
-                'implementation="chunked" needs a logits or log_probs teacher tensor; use implementation="naive" '
-                "for probabilities and top-k teachers"
-            )
+        if ce_weight:
+            assert labels is not None
+            values = values + ce_weight * _cross_entropy_rows(flat_s, labels, valid, cdtype)
+        return reduce_rows(values, valid, reduction, vocab, batch_shape)
+    lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
+    if isinstance(teacher, TopK) or teacher_kind == "probs":
+        from kldiv.losses.sparse import chunked_teacher_rows
+
+        values = chunked_teacher_rows(
+            divergence,
+            flat_s,
+            teacher if isinstance(teacher, TopK) else teacher.reshape(n, teacher.shape[-1]),
+            valid,
+            teacher_kind=teacher_kind,
+            temperature=t_value,
+            coef=coef,
+            normalized=normalized,
+            reduction=reduction,
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            labels=lab,
+            chunk_size=chunk_size,
+        )
+    else:  # the chunked Function checks logits itself, as soon as a chunk is not finite
         from kldiv.losses.chunked import chunked_rows
 
-        lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
+        flat_t = teacher.reshape(n, teacher.shape[-1])
+        if teacher_kind == "log_probs":
+            check_rows("teacher", flat_t, valid, t_value, log_probs=True)
         values = chunked_rows(
             divergence,
             flat_s,
-            teacher.reshape(n, teacher.shape[-1]),
+            flat_t,
             valid,
             temperature=t_value,
             coef=coef,
@@ -465,16 +494,7 @@ def _loss(
             labels=lab,
             chunk_size=chunk_size,
         )
-        if reduction == "none":
-            return values.reshape(batch_shape)
-        return values
-    values = _weighted(
-        kl_weight, _naive(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
-    )
-    if ce_weight:
-        assert labels is not None
-        values = values + ce_weight * _cross_entropy_rows(flat_s, labels, valid, cdtype)
-    return reduce_rows(values, valid, reduction, vocab, batch_shape)
+    return values.reshape(batch_shape) if reduction == "none" else values
 
 
 # ----------------------------------------------------------------------------------------------------------

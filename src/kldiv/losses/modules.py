@@ -1,7 +1,10 @@
-"""``nn.Module`` wrappers of :mod:`kldiv.losses.functional`: they hold the options and call the function.
+"""``nn.Module`` wrappers of :mod:`kldiv.losses.functional` and :mod:`kldiv.losses.linear`: they hold the options
+and call the function.
 
 Each ``forward(student_logits, teacher, labels=None, mask=None)`` returns the loss of the functional form with
-the options given at construction (see :mod:`kldiv.losses.functional` for the semantics).
+the options given at construction (see :mod:`kldiv.losses.functional` for the semantics); the fused linear
+losses take ``forward(hidden, weight, teacher, labels=None, mask=None, *, bias=None)`` (the student's head is
+the caller's, e.g. ``lm_head.weight``; see :mod:`kldiv.losses.linear`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from torch import Tensor, nn
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
 from kldiv.losses import functional as LF
+from kldiv.losses import linear as LL
+from kldiv.losses.chunked import rows_per_chunk
 from kldiv.losses.functional import Implementation, Reduction, TeacherKind, TopK
+from kldiv.losses.linear import Direction, TeacherHead
 
 
 class _DivergenceLoss(nn.Module):
@@ -151,5 +157,132 @@ class DistillationLoss(_DivergenceLoss):
             mask=mask,
             reduction=self.reduction,
             implementation=self.implementation,
+            chunk_size=self.chunk_size,
+        )
+
+
+class _FusedLinearLoss(nn.Module):
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        ignore_index: int = -100,
+        reduction: Reduction = "batchmean",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        LF.check_options(reduction, temperature, "auto")
+        rows_per_chunk(chunk_size, 1)  # validates chunk_size
+        self.temperature = temperature
+        self.ignore_index = ignore_index
+        self.reduction: Reduction = reduction
+        self.chunk_size = chunk_size
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+
+
+class FusedLinearKLLoss(_FusedLinearLoss):
+    """Forward, reverse or symmetric KL of the logits ``hidden @ weight.T + bias``, never materialized:
+    :func:`kldiv.losses.fused_linear_kl` as a module."""
+
+    def __init__(
+        self, *, direction: Direction = "forward", forward_weight: float | None = None, **options: object
+    ) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        LL.check_direction(direction, forward_weight)
+        self.direction: Direction = direction
+        self.forward_weight = forward_weight
+
+    def forward(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        teacher: Tensor | TeacherHead,
+        labels: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        return LL.fused_linear_kl(
+            hidden,
+            weight,
+            teacher,
+            bias=bias,
+            direction=self.direction,
+            forward_weight=self.forward_weight,
+            temperature=self.temperature,
+            labels=labels,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+
+
+class FusedLinearJSDLoss(_FusedLinearLoss):
+    """Generalized JSD (GKD) with ``beta`` of the logits ``hidden @ weight.T + bias``, never materialized:
+    :func:`kldiv.losses.fused_linear_jsd` as a module."""
+
+    def __init__(self, *, beta: float = 0.5, normalized: bool = False, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.beta = _check_beta(beta, normalized)
+        self.normalized = normalized
+
+    def forward(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        teacher: Tensor | TeacherHead,
+        labels: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        return LL.fused_linear_jsd(
+            hidden,
+            weight,
+            teacher,
+            bias=bias,
+            beta=self.beta,
+            normalized=self.normalized,
+            temperature=self.temperature,
+            labels=labels,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+        )
+
+
+class FusedLinearDistillationLoss(_FusedLinearLoss):
+    """Hinton's ``alpha T^2 KL + (1 - alpha) CE`` of the logits ``hidden @ weight.T + bias``, never materialized:
+    :func:`kldiv.losses.fused_linear_distillation_loss` as a module."""
+
+    def __init__(self, *, alpha: float = 0.5, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.alpha = check_scalar("alpha", alpha, low=0.0, high=1.0)
+
+    def forward(
+        self,
+        hidden: Tensor,
+        weight: Tensor,
+        teacher: Tensor | TeacherHead,
+        labels: Tensor,
+        mask: Tensor | None = None,
+        *,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        return LL.fused_linear_distillation_loss(
+            hidden,
+            weight,
+            teacher,
+            labels,
+            bias=bias,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            ignore_index=self.ignore_index,
+            mask=mask,
+            reduction=self.reduction,
             chunk_size=self.chunk_size,
         )

@@ -72,7 +72,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from kldiv._numerics import INF, kl_terms_from_log_ratio
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta, _log_mixture, _logit_difference
-from kldiv.losses.chunked import scale_precomputed
+from kldiv.losses.chunked import rows_per_chunk, scale_precomputed
 from kldiv.losses.functional import (
     Divergence,
     Reduction,
@@ -587,12 +587,10 @@ def vocab_parallel_linear_kl(
             f"teacher_shard has shape {tuple(teacher_shard.shape)}; expected {(*batch_shape, v_local)}: the batch "
             "shape of hidden and this rank's V_r columns (the rows of weight_shard)"
         )
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int (rows per chunk), got {chunk_size!r}")
+    rows = rows_per_chunk(chunk_size, v_local, DEFAULT_LINEAR_CHUNK_ELEMENTS)
     n = batch_shape.numel()
     valid = valid_rows(batch_shape, None, -100, mask, hidden.device)
     world = _world_size(group)
-    rows = chunk_size if chunk_size is not None else max(1, DEFAULT_LINEAR_CHUNK_ELEMENTS // v_local)
     agreed = _all_reduce(
         torch.tensor([float(rows)], dtype=torch.float64, device=hidden.device), dist.ReduceOp.MIN, group, world
     )
