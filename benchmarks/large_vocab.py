@@ -10,7 +10,8 @@ naive loss; goal: extra peak memory <= 5% of naive's at no more than naive's tim
 N=1024. Memory is the peak RSS above the inputs and their gradients, each side in its own process; time is
 measured with both sides back to back in each round of one process (see :func:`_case`).
 
-Run: ``.venv/bin/python -m benchmarks.large_vocab`` (writes ``benchmarks/results/large_vocab.json``).
+Run: ``.venv/bin/python -m benchmarks.large_vocab`` (writes ``benchmarks/results/large_vocab.json`` and
+``large_vocab.png``; ``--plot`` redraws the figure from the stored JSON).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from benchmarks._common import machine, write_json
+import numpy as np
+
+from benchmarks._common import RESULTS, machine, write_json
 
 N, V, T, REPEATS, ROUNDS = 4096, 32_000, 2.0, 5, 9
 
@@ -145,7 +149,49 @@ def _case(name: str, pair: str, n: int, v: int, h: int, goal: str, native: bool 
     }
 
 
+def plot(payload: dict[str, Any]) -> Path:
+    """``benchmarks/results/large_vocab.png``: time and extra peak memory of each case, naive against kldiv."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = payload["cases"]
+    names = {
+        "a": "(a) logits, forward KL",
+        "a, torch path": "(a) on the torch path",
+        "a, distillation": "(a) distillation loss",
+        "b": "(b) fused linear, V=32000",
+        "c": "(c) fused linear, V=128256",
+    }
+    labels = [names.get(c["case"], c["case"]) for c in cases]
+    y = np.arange(len(cases))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for ax, key, unit in ((ax_t, "median_seconds", "s"), (ax_m, "extra_peak_mb", "MB")):
+        for offset, side, color in ((-0.2, "naive", "#999999"), (0.2, "kldiv", "#1f77b4")):
+            values = [c[side][key] for c in cases]
+            ax.barh(y + offset, values, height=0.38, color=color, label=side)
+            for yi, value in zip(y + offset, values, strict=True):
+                ax.text(value, yi, f" {value:.2f}" if unit == "s" else f" {value:.0f}", va="center", fontsize=8)
+        ax.set_xlabel("forward + backward, seconds" if unit == "s" else "extra peak memory, MB (log scale)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.12)
+    ax_m.set_xscale("log")
+    ax_t.set_yticks(y, labels)
+    ax_t.invert_yaxis()
+    fig.legend(*ax_t.get_legend_handles_labels(), loc="upper right", ncols=2, frameon=False)
+    fig.suptitle("kldiv against the naive torch path, float32 on CPU (N=4096; (c): N=1024)", fontsize=10, x=0.4)
+    fig.tight_layout()
+    path = RESULTS / "large_vocab.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
+    if "--plot" in sys.argv[1:]:  # redraw the figure from the stored results
+        print(plot(json.loads((RESULTS / "large_vocab.json").read_text())))
+        return
     cases = [
         _case("a", "", N, V, 0, "a"),
         _case("a, torch path", "", N, V, 0, "a", native=False),
@@ -153,21 +199,20 @@ def main() -> None:
         _case("b", "_linear", N, V, 1024, "b"),
         _case("c", "_linear", 1024, 128_256, 1024, "b"),
     ]
-    write_json(
-        "large_vocab",
-        {
-            "benchmark": "issue 4: forward KL, float32, forward+backward, kldiv vs the naive torch path",
-            "goals": {
-                "a": ">= 5x faster than naive and extra peak memory <= 10% of naive's",
-                "b": "extra peak memory <= 5% of naive's at no more than naive's time",
-                "c": "as (b), at V=128256 and N=1024",
-            },
-            "method": "memory: peak RSS above the inputs and their gradients, each side in its own process; time: "
-            "both sides in one process, back to back in each of the rounds; ratio = median of per-round ratios",
-            "machine": machine(),
-            "cases": cases,
+    payload = {
+        "benchmark": "issue 4: forward KL, float32, forward+backward, kldiv vs the naive torch path",
+        "goals": {
+            "a": ">= 5x faster than naive and extra peak memory <= 10% of naive's",
+            "b": "extra peak memory <= 5% of naive's at no more than naive's time",
+            "c": "as (b), at V=128256 and N=1024",
         },
-    )
+        "method": "memory: peak RSS above the inputs and their gradients, each side in its own process; time: "
+        "both sides in one process, back to back in each of the rounds; ratio = median of per-round ratios",
+        "machine": machine(),
+        "cases": cases,
+    }
+    write_json("large_vocab", payload)
+    plot(payload)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("distill-alpha1", "distill", {"alpha": 1.0, "temperature": 2.0, "reduction": "sum"}),
     ("distill-alpha0", "distill", {"alpha": 0.0, "temperature": 2.0, "reduction": "none"}),
     ("distill-all-masked", "distill", {"alpha": 0.4, "temperature": 2.0, "mask": "all_masked"}),
+    # several row chunks, each with its own three collectives
+    ("symmetric-chunks", "kl", {"direction": "symmetric", "weight": 0.3, "chunk_size": 2, "temperature": 2.5}),
+    ("jsd-chunks", "kl", {"direction": "jsd", "beta": 0.3, "reduction": "none", "chunk_size": 3}),
+    ("reverse-chunks-mean", "kl", {"direction": "reverse", "reduction": "mean", "chunk_size": 1}),
+    ("distill-chunks", "distill", {"alpha": 0.4, "temperature": 2.0, "reduction": "sum", "chunk_size": 2}),
     *(
         (f"linear-{d}", "linear", {"direction": d, "temperature": 1.5, "bias": True, "chunk_size": 3})
         for d in ("forward", "reverse", "symmetric", "jsd")
@@ -615,3 +620,12 @@ def test_gradcheck_vocab_parallel_linear_function(direction: str) -> None:
         )
 
     assert torch.autograd.gradcheck(fn, (h, w, b, t), eps=1e-6, atol=1e-8)
+
+
+def test_errors_name_the_batch_row_across_chunks() -> None:
+    s, t = torch.randn(7, 5, dtype=torch.float64), torch.randn(7, 5, dtype=torch.float64)
+    s[5] = -INF
+    with pytest.raises(ValueError, match="student_shard is -inf on every rank at valid row 5"):
+        vocab_parallel_kl(s, t, chunk_size=2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        vocab_parallel_kl(s, t, chunk_size=0)

@@ -91,6 +91,10 @@ ScalarReduction = Literal["batchmean", "sum", "mean"]
 DEFAULT_LINEAR_CHUNK_ELEMENTS = 1 << 22
 """Default chunk of :func:`vocab_parallel_linear_kl`: this many logits (rows x largest ``V_r``) per chunk."""
 
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+"""Default chunk of the logits losses: this many logits (rows x largest ``V_r``) per chunk (4 MB per float32
+intermediate; three all-reduces of O(chunk rows) per chunk)."""
+
 
 def _world_size(group: dist.ProcessGroup | None) -> int:
     """Size of ``group``; 1 when ``torch.distributed`` is not initialized and no group is given."""
@@ -167,13 +171,15 @@ def _sharded_rows(
     spec: _Spec,
     reduction: str,
     want_t: bool,
+    row0: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor | None, float]:
     """Per-row values (N,) of flat vocab-sharded rows and the gradients of the reduced loss w.r.t. this rank's shards.
 
     ``student``, ``teacher`` (N, V_r); ``valid`` (N,) and ``labels`` (N,) global ids (only if ``spec.ce_weight``)
     are the same on every rank. ``valid_all`` is the whole batch's ``valid`` (this call may be a chunk of it), for
     the reduction's scale, which is returned too: the reduced loss is ``values.sum() * scale``. Values are 0 at
-    masked rows; gradients are in the input dtypes (``None`` for the teacher unless ``want_t``).
+    masked rows; gradients are in the input dtypes (``None`` for the teacher unless ``want_t``). ``row0`` is the
+    chunk's first row in the batch (for error messages).
     """
     n, v_local = student.shape
     cdtype = compute_dtype(student.dtype, teacher.dtype)
@@ -200,8 +206,8 @@ def _sharded_rows(
     m_a, m_b = stats[0], stats[1]
     dead = (m_a == -INF) | (m_b == -INF)
     if bool(dead.any()):
-        row = int(dead.nonzero()[0, 0])
-        side = "student_shard" if bool(m_a[row] == -INF) else "teacher_shard"
+        row = int(dead.nonzero()[0, 0]) + row0
+        side = "student_shard" if bool(m_a[row - row0] == -INF) else "teacher_shard"
         raise ValueError(f"{side} is -inf on every rank at valid row {row} (no probability mass); mask that row out")
 
     # 2. global normalizers; the shard sizes travel in the same all-reduce (slot r holds V_r)
@@ -303,10 +309,23 @@ class VocabParallelDivergence(torch.autograd.Function):
         world: int,
         spec: _Spec,
         reduction: str,
+        chunk_rows: int,
     ) -> Tensor:
-        values, grad_s, grad_t, scale = _sharded_rows(
-            student, teacher, valid, labels, valid, group, world, spec, reduction, teacher.requires_grad
-        )
+        n = student.shape[0]
+        want_t = teacher.requires_grad
+        values = torch.zeros(n, dtype=compute_dtype(student.dtype, teacher.dtype), device=student.device)
+        grad_s = torch.empty_like(student)
+        grad_t = torch.empty_like(teacher) if want_t else None
+        scale = 1.0
+        for i0 in range(0, max(n, 1), chunk_rows):  # one (empty) chunk for N = 0: every rank joins the collectives
+            i1 = min(i0 + chunk_rows, n)
+            lab = None if labels is None else labels[i0:i1]
+            values[i0:i1], grad_s[i0:i1], gt, scale = _sharded_rows(
+                student[i0:i1], teacher[i0:i1], valid[i0:i1], lab, valid, group, world, spec, reduction, want_t, i0
+            )
+            if grad_t is not None:
+                assert gt is not None
+                grad_t[i0:i1] = gt
         ctx.save_for_backward(grad_s, grad_t)  # type: ignore[arg-type]
         ctx.none = reduction == "none"  # type: ignore[attr-defined]
         if reduction == "none":
@@ -317,7 +336,7 @@ class VocabParallelDivergence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         grad_s, grad_t = ctx.saved_tensors
-        nones: tuple[None, ...] = (None,) * 6
+        nones: tuple[None, ...] = (None,) * 7
         return (
             scale_precomputed(grad_s, grad_output, ctx.none),
             scale_precomputed(grad_t, grad_output, ctx.none),
@@ -360,7 +379,7 @@ class VocabParallelLinearDivergence(torch.autograd.Function):
             h = hidden[i0:i1]
             logits = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
             vals, g, gt, scale = _sharded_rows(
-                logits, teacher[i0:i1], valid[i0:i1], None, valid, group, world, spec, reduction, need_t
+                logits, teacher[i0:i1], valid[i0:i1], None, valid, group, world, spec, reduction, need_t, i0
             )
             values.append(vals)
             if grad_h is not None:
@@ -419,6 +438,13 @@ def _divergence_spec(
     return _Spec(direction, t_value, coef, normalized)
 
 
+def _agreed_rows(rows: int, group: dist.ProcessGroup | None, world: int, device: torch.device) -> int:
+    """The fewest rows per chunk over the ranks (shards may differ in ``V_r``): every rank must run the same
+    chunks, as each chunk's collectives pair up across ranks."""
+    agreed = torch.tensor([float(rows)], dtype=torch.float64, device=device)
+    return int(_all_reduce(agreed, dist.ReduceOp.MIN, group, world))
+
+
 def _check_shards(student_shard: Tensor, teacher_shard: Tensor, student_name: str = "student_shard") -> None:
     if teacher_shard.shape != student_shard.shape:
         raise ValueError(
@@ -437,6 +463,7 @@ def _logits_loss(
     ignore_index: int,
     mask: Tensor | None,
     reduction: str,
+    chunk_size: int | None,
 ) -> Tensor:
     _check_choice("reduction", reduction, get_args(Reduction))
     student = _check_logits_tensor("student_shard", student_shard)
@@ -447,15 +474,17 @@ def _logits_loss(
     n = batch_shape.numel()
     valid = valid_rows(batch_shape, labels, ignore_index, mask, student.device)
     flat_labels = None if labels is None or spec.ce_weight == 0.0 else labels.reshape(n).to(torch.int64)
+    world = _world_size(group)
     out: Tensor = VocabParallelDivergence.apply(  # type: ignore[no-untyped-call]
         student.reshape(n, v_local),
         teacher.reshape(n, v_local),
         valid,
         flat_labels,
         group,
-        _world_size(group),
+        world,
         spec,
         reduction,
+        _agreed_rows(rows_per_chunk(chunk_size, v_local, DEFAULT_CHUNK_ELEMENTS), group, world, student.device),
     )
     return out.reshape(batch_shape) if reduction == "none" else out
 
@@ -479,6 +508,7 @@ def vocab_parallel_kl(
     ignore_index: int = -100,
     mask: Tensor | None = None,
     reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """A divergence between student ``Q = softmax(s / T)`` and teacher ``P = softmax(t / T)`` whose logits are
     sharded along V.
@@ -494,10 +524,12 @@ def vocab_parallel_kl(
     backward; float32 accumulation (float64 for float64 inputs). ``labels``/``ignore_index`` and ``mask`` (batch
     shape, the same on every rank) select the valid tokens, ``reduction`` in {"batchmean", "sum", "mean", "none"}
     as in :mod:`kldiv.losses.functional`. Edge semantics and gradients: see :mod:`kldiv.losses.parallel`.
+    Memory: ``chunk x V_r`` intermediates; ``chunk_size`` defaults to ``2**20 // max_r V_r`` rows, agreed on across
+    ranks (each chunk runs the three collectives).
     Reference: Shoeybi et al. (2019), "Megatron-LM", vocab-parallel cross-entropy.
     """
     spec = _divergence_spec(direction, temperature, weight, beta, normalized)
-    return _logits_loss(student_shard, teacher_shard, spec, group, labels, ignore_index, mask, reduction)
+    return _logits_loss(student_shard, teacher_shard, spec, group, labels, ignore_index, mask, reduction, chunk_size)
 
 
 def vocab_parallel_distillation_loss(
@@ -511,6 +543,7 @@ def vocab_parallel_distillation_loss(
     ignore_index: int = -100,
     mask: Tensor | None = None,
     reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Hinton distillation loss ``alpha T^2 KL(P_T||Q_T) + (1 - alpha) CE(Q_1, labels)`` per token, with the
     logits sharded along V; equals :func:`kldiv.losses.distillation_loss` of the concatenated logits.
@@ -520,14 +553,15 @@ def vocab_parallel_distillation_loss(
     vocab-parallel cross-entropy: ``CE = log sum_v exp(s_v) - s_y`` with the global normalizer at ``T = 1`` and
     the target logit ``s_y`` all-reduced (SUM) from the rank that owns column ``y``; its gradient
     ``softmax(s) - onehot(y)`` is local. With ``alpha = 0`` the loss is the cross-entropy alone (no ``0 * inf``
-    from an infinite KL). Reference: Hinton, Vinyals & Dean (2015); Shoeybi et al. (2019), "Megatron-LM".
+    from an infinite KL). ``chunk_size`` as in :func:`vocab_parallel_kl`. Reference: Hinton, Vinyals & Dean
+    (2015); Shoeybi et al. (2019), "Megatron-LM".
     """
     a = check_scalar("alpha", alpha, low=0.0, high=1.0)
     t_value = check_scalar("temperature", temperature, low=0.0, low_open=True)
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of token ids, got {type(labels).__name__}")
     spec = _Spec("forward", t_value, kl_weight=a * t_value**2, ce_weight=1.0 - a)
-    return _logits_loss(student_shard, teacher_shard, spec, group, labels, ignore_index, mask, reduction)
+    return _logits_loss(student_shard, teacher_shard, spec, group, labels, ignore_index, mask, reduction, chunk_size)
 
 
 def vocab_parallel_linear_kl(
@@ -591,9 +625,6 @@ def vocab_parallel_linear_kl(
     n = batch_shape.numel()
     valid = valid_rows(batch_shape, None, -100, mask, hidden.device)
     world = _world_size(group)
-    agreed = _all_reduce(
-        torch.tensor([float(rows)], dtype=torch.float64, device=hidden.device), dist.ReduceOp.MIN, group, world
-    )
     out: Tensor = VocabParallelLinearDivergence.apply(  # type: ignore[no-untyped-call]
         hidden.reshape(n, hidden.shape[-1]),
         weight_shard,
@@ -604,6 +635,6 @@ def vocab_parallel_linear_kl(
         world,
         spec,
         reduction,
-        int(agreed.item()),
+        _agreed_rows(rows, group, world, hidden.device),
     )
     return out
