@@ -10,7 +10,7 @@ setup(
         Extension(
             "kldiv._kernels",
             sources=["src/kldiv/_kernels.c"],
-            extra_compile_args=["-O3", "-fopenmp-simd", "-fno-math-errno", "-std=c11"],
+            extra_compile_args=["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-fast-math", "-std=c11"],
             optional=True,
         )
     ]

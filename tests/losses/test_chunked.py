@@ -87,14 +87,13 @@ def test_chunked_equals_naive_float64(
     _close(gt1, gt0, 1e-10, 1e-13)
 
 
-@pytest.mark.parametrize("fast", BACKENDS)
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 40), v=st.integers(1, 50), name=st.sampled_from(sorted(LOSSES)), seed=st.integers(0, 2**16))
-def test_chunked_equals_naive_float32(fast: str, n: int, v: int, name: str, seed: int) -> None:
+def test_chunked_equals_naive_float32(n: int, v: int, name: str, seed: int) -> None:
+    # the teacher requires a gradient here: the general path (the fast kernels: test_fast_kernel_equals_naive_*)
     g = torch.Generator().manual_seed(seed)
     s, t = 4 * torch.randn(n, v, generator=g), 4 * torch.randn(n, v, generator=g)
-    with backend(fast):
-        (_, _, _), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
+    (_, _, _), (v1, gs1, gt1) = _both(LOSSES[name], s, t, None, temperature=1.3, chunk_size=7)
     # the reference: the naive path in float64 on the same float32 values (float32 paths differ by rounding)
     (v0, gs0, gt0), _ = _both(LOSSES[name], s.double(), t.double(), None, temperature=1.3, chunk_size=7)
     v1, gs1, gt1 = v1.double(), gs1.double(), gt1.double()

@@ -162,7 +162,7 @@ def test_underflowing_probabilities() -> None:
             v0, g0 = _value_and_grad(loss, s.double(), teacher.double(), temperature=temperature, reduction="none")
             errors = []
             for impl in ("naive", "chunked"):
-                with backend("native"):
+                with backend("native" if impl == "chunked" else "torch"):
                     v1, g1 = _value_and_grad(
                         loss, s, teacher, temperature=temperature, reduction="none", implementation=impl
                     )
@@ -210,3 +210,37 @@ def test_works_in_a_forked_child_after_use_in_the_parent() -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung")
     assert os.waitstatus_to_exitcode(status[1]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("temperature", [1.0, 1.3])
+def test_small_values_are_exact_to_float64_rounding(
+    name: str, temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # student ~ teacher (RLHF against a reference policy): per-token KL from 1e-14 to 1; below 0.1 the kernel
+    # computes it in float64 without cancellation (<p, d> - c in float32 would lose everything below ~1e-6)
+    g = torch.Generator().manual_seed(7)
+    s = 3 * torch.randn(24, 700, generator=g)
+    scales = torch.logspace(-7, 0, 24)[:, None]
+    t = s + scales * torch.randn(24, 700, generator=g)
+
+    def no_torch_refine(*args: Any) -> None:
+        raise AssertionError("the C kernel's rows were refined by the torch ops (N x V temporaries)")
+
+    with monkeypatch.context() as patch, backend("native"):
+        patch.setattr(chunked, "divergence_rows", no_torch_refine)
+        v1, _ = _value_and_grad(LOSSES[name], s, t, temperature=temperature, reduction="none")
+    v0, _ = _value_and_grad(LOSSES[name], s.double(), t.double(), temperature=temperature, reduction="none")
+    assert float(v0.min()) < 1e-12
+    assert float(v0.max()) > 1e-3
+    torch.testing.assert_close(v1.double(), v0, rtol=2e-6, atol=0)  # the fast float32 formula above 0.1
+    small = v0 < 0.09
+    torch.testing.assert_close(v1.double()[small], v0[small], rtol=1.2e-7, atol=0)  # float32 output rounding
+
+
+def test_overflow_of_logits_over_temperature_raises_as_on_the_other_paths() -> None:
+    s, t = torch.randn(4, 20), torch.randn(4, 20)
+    s[2, 3] = 3e38  # finite, but s / T overflows float32 at T = 0.5
+    for fast in ("native", "torch"):
+        with backend(fast), pytest.raises(ValueError, match="overflows"):
+            forward_kl(s.clone().requires_grad_(), t, temperature=0.5)

@@ -163,7 +163,7 @@ def _native_ok(*tensors: Tensor) -> bool:
     """Whether the C kernel can take these CPU float32 tensors (rows with unit stride) and is enabled."""
     return (
         kernel is not None
-        and os.environ.get("KLDIV_NATIVE", "1") != "0"
+        and os.environ.get("KLDIV_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
         and all(x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(-1) == 1 for x in tensors)
     )
 
@@ -226,8 +226,8 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kldiv-rows")
 
 
-# a forked child (e.g. a DataLoader worker) inherits the pool but not its threads: it must make its own
-os.register_at_fork(after_in_child=_pool.cache_clear)
+if hasattr(os, "register_at_fork"):  # a forked child (a DataLoader worker) inherits the pool without its threads
+    os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _kl_chunk_fast(
@@ -251,7 +251,8 @@ def _kl_chunk_fast(
     with a non-finite logit, whose value and gradient the caller recomputes on the general path.
 
     The C kernel (``work`` None) or :func:`_kl_rows` does the work; rows with a value below ``_REFINE_BELOW``
-    are recomputed by the discrete core's cancellation-free kernel; ignored rows get value and gradient 0.
+    are recomputed cancellation-free (by the C kernel itself, else by the discrete core's kernel, in chunks of
+    the rows given); ignored rows get value and gradient 0.
     """
     w_f = {"forward": 1.0, "reverse": 0.0}.get(divergence, coef)
     weight = kl_weight * scale / temperature
@@ -281,8 +282,8 @@ def _kl_chunk_fast(
             g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
             grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
     bad = ok & ~torch.isfinite(val)
-    need = ok & ~bad & (val < _REFINE_BELOW)  # small values: recomputed cancellation-free
-    if bool(need.any()):
+    need = ok & ~bad & (val < _REFINE_BELOW)
+    if work is not None and bool(need.any()):  # the C kernel refines small values by itself
         rows = need.nonzero()[:, 0]
         s_rows, t_rows = student[rows].to(cdtype), teacher[rows].to(cdtype)
         ratio = _logit_difference(t_rows, s_rows, temperature)
