@@ -18,8 +18,8 @@
  * 0, which changes a row's sums by less than 1e-37). Values below REFINE_BELOW are recomputed in float64
  * without cancellation (small_kl), with float64 exponentials.
  *
- * Rows whose logits are not all finite get value NaN and an untouched gradient row: the caller recomputes
- * them (the general path handles -inf and diagnoses NaN). Ignored rows (valid[i] == 0) get 0 and a zero
+ * Rows whose logits are not all finite, or whose max |s| / T or |t| / T overflows float32, get value NaN and an
+ * untouched gradient row: the caller recomputes them (the general path handles -inf and diagnoses the rest). Ignored rows (valid[i] == 0) get 0 and a zero
  * gradient. The GIL is released: callers run disjoint row ranges on several threads.
  */
 #define PY_SSIZE_T_CLEAN
@@ -40,8 +40,8 @@
 #define BLOCK 512
 
 /* Rows whose value is below this are recomputed cancellation-free in float64 (small_kl): <p, d> - c in float32
- * has a relative error of about 1e-7 / KL (measured: 2e-5 at KL = 4e-3, 1.5e-6 at 0.03, 4e-7 at 0.4), so above
- * 0.1 it stays below about 1e-6; small_kl costs about 2.5x the fast formula. */
+ * has a relative error of about 1e-7 / KL (measured: 2e-5 at KL = 4e-3, 1.5e-6 at 0.03, 4e-7 at 0.4; 2e-6 at 0.11 on
+ * low-entropy rows), so above 0.1 it stays within about 2e-6; small_kl costs about 2.5x the fast formula. */
 #define REFINE_BELOW 0.1
 
 /* exp(x) for x <= 0: x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) by the Cephes expf polynomial, 2^n by exponent
@@ -69,7 +69,7 @@ static inline float exp_nonpositive(float x) {
 }
 
 /* exp(x) in float64 for x <= 0 (0 below about -708): x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) by its Taylor
- * series to degree 12 (truncation below 2e-16 relative), 2^n by exponent bits; branch-free, vectorizable. */
+ * series to degree 12 (truncation about 2.4e-16 relative; measured error at most 2.5 ulp on [-708, 0]), 2^n by exponent bits; branch-free, vectorizable. */
 static inline double exp_double(double x) {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
     x = x < -745.0 ? -745.0 : x;
@@ -98,14 +98,22 @@ static inline double exp_double(double x) {
     return n < -1022.0 ? 0.0 : p * scale;
 }
 
-/* e^x - 1 - x for |x| < 1/2, without cancellation: its Taylor series x^2/2! + ... + x^17/17! (the rest is below
- * 1e-20 relative). */
+/* e^x - 1 - x for |x| < 1/2, without cancellation: its Taylor series x^2/2! + ... + x^14/14! (the rest is
+ * below 1e-17 relative), by Horner's rule. */
 static inline double exp_m1_minus_x_small(double x) {
-    double p = 1.0 / 355687428096000.0, inv_factorial = 1.0 / 355687428096000.0;
-    for (int k = 17; k > 2; --k) {
-        inv_factorial *= (double)k;
-        p = p * x + inv_factorial;
-    }
+    double p = 1.0 / 87178291200.0;
+    p = p * x + 1.0 / 6227020800.0;
+    p = p * x + 1.0 / 479001600.0;
+    p = p * x + 1.0 / 39916800.0;
+    p = p * x + 1.0 / 3628800.0;
+    p = p * x + 1.0 / 362880.0;
+    p = p * x + 1.0 / 40320.0;
+    p = p * x + 1.0 / 5040.0;
+    p = p * x + 1.0 / 720.0;
+    p = p * x + 1.0 / 120.0;
+    p = p * x + 1.0 / 24.0;
+    p = p * x + 1.0 / 6.0;
+    p = p * x + 0.5;
     return p * x * x;
 }
 
@@ -129,7 +137,8 @@ static double small_kl(const float *s, const float *t, Py_ssize_t V, float ms, f
     double kl_f = 0.0, kl_r = 0.0;
 #pragma omp simd reduction(+ : kl_f, kl_r)
     for (Py_ssize_t v = 0; v < V; ++v) {
-        const double a = ((double)s[v] - ms) * inv_t, b = ((double)t[v] - mt) * inv_t, r = b - a - c;
+        /* the difference of the exact float64 t - max t and s - max s, scaled once: no rounding of a and b apart */
+        const double r = (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t - c;
         const double q = ea[v] / za, p = eb[v] / zb;
         const int small = r < 0.5 && r > -0.5;
         kl_f += small ? p * exp_m1_minus_x_small(-r) : q - p + p * r;

@@ -244,3 +244,19 @@ def test_overflow_of_logits_over_temperature_raises_as_on_the_other_paths() -> N
     for fast in ("native", "torch"):
         with backend(fast), pytest.raises(ValueError, match="overflows"):
             forward_kl(s.clone().requires_grad_(), t, temperature=0.5)
+
+
+def test_small_values_at_a_temperature_keep_float32_accuracy() -> None:
+    # one-ulp differences at T = 0.7 (KL ~1e-21): the log-ratio must be formed from the exact differences of the
+    # logits and scaled once, not from a and b rounded apart (which cost 1.2e-6 relative here)
+    g = torch.Generator().manual_seed(3)
+    s = 1e-3 * torch.randn(3, 400, generator=g)
+    s[:, 0] = 3.0
+    t = s.clone()
+    idx = torch.randperm(400, generator=g)[:100]
+    t[:, idx] = torch.nextafter(s[:, idx], torch.tensor(math.inf))
+    with backend("native"):
+        v1 = forward_kl(s.clone().requires_grad_(), t, temperature=0.7, reduction="none").detach()
+    v0 = forward_kl(s.double(), t.double(), temperature=0.7, reduction="none", implementation="naive")
+    assert bool((v0 > 0).all())
+    torch.testing.assert_close(v1.double(), v0, rtol=1.2e-7, atol=0)

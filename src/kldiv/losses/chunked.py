@@ -20,8 +20,9 @@ RLHF) take a fast kernel: on CPU float32 the C kernel :mod:`kldiv._kernels` (one
 gradient and the hard-label term fused, rows split over ``torch.get_num_threads()`` threads); elsewhere (CUDA,
 float64, bf16/fp16, or without the compiled extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same
 formulas in torch ops: two exponentials per entry, in place, over chunks of 2^18 logits (1 MB, cache-resident).
-Rows below ``_REFINE_BELOW`` are recomputed by the discrete core; rows with a non-finite logit (``-inf``) take
-the general path. Logits are validated (one pass) only once a row is not finite, so valid input costs no
+Small values are recomputed cancellation-free: by the C kernel itself in float64 (below 0.1), on the torch
+path by the discrete core (below ``_REFINE_BELOW``). Rows with a non-finite logit (``-inf``) take the general
+path. Logits are validated (one pass) only once a row is not finite, so valid input costs no
 separate validation pass.
 
 Entries with zero probability get a zero gradient term; rows whose value is +inf get a zero gradient (the
@@ -94,7 +95,7 @@ def _pad(x: Tensor, size: int) -> Tensor:
     return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]), value=-INF)
 
 
-_REFINE_BELOW = 3e-3  # as in the discrete core: smaller per-token values are recomputed cancellation-free
+_REFINE_BELOW = 3e-3  # torch path, as in the discrete core: smaller per-token values are recomputed cancellation-free
 
 
 _PAD = 80
