@@ -283,14 +283,15 @@ def _kl_chunk_fast(
             g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
             grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
     bad = ok & ~torch.isfinite(val)
-    need = ok & ~bad & (val < _REFINE_BELOW)
-    if work is not None and bool(need.any()):  # the C kernel refines small values by itself
-        rows = need.nonzero()[:, 0]
-        s_rows, t_rows = student[rows].to(cdtype), teacher[rows].to(cdtype)
-        ratio = _logit_difference(t_rows, s_rows, temperature)
-        log_q = torch.log_softmax(s_rows / temperature, -1)
-        log_p = torch.log_softmax(t_rows / temperature, -1)
-        val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False).to(val.dtype)
+    if work is not None:  # the torch path's small values, recomputed cancellation-free (the C kernel does it itself)
+        need = ok & ~bad & (val < _REFINE_BELOW)
+        if bool(need.any()):
+            rows = need.nonzero()[:, 0]
+            s_rows, t_rows = student[rows].to(cdtype), teacher[rows].to(cdtype)
+            ratio = _logit_difference(t_rows, s_rows, temperature)
+            log_q = torch.log_softmax(s_rows / temperature, -1)
+            log_p = torch.log_softmax(t_rows / temperature, -1)
+            val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False).to(val.dtype)
     total = _weighted(kl_weight, torch.where(bad, 0.0, val))
     if ce is not None:
         total = total + ce_weight * torch.where(bad, 0.0, ce)
