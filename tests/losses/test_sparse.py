@@ -16,20 +16,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import kldiv
-from kldiv.losses import TopK, distillation_loss, forward_kl, generalized_jsd, reverse_kl, symmetric_kl
+from kldiv.losses import TopK, distillation_loss, forward_kl, generalized_jsd, reverse_kl
 from kldiv.losses.sparse import chunked_teacher_rows
+
+from .cases import LOSSES
 
 DT = torch.float64
 INF = math.inf
-LOSSES: dict[str, Callable[..., Any]] = {
-    "forward": forward_kl,
-    "reverse": reverse_kl,
-    "symmetric": lambda s, t, **kw: symmetric_kl(s, t, weight=0.3, **kw),
-    "jsd": lambda s, t, **kw: generalized_jsd(s, t, beta=0.4, **kw),
-    "jsd0": lambda s, t, **kw: generalized_jsd(s, t, beta=0.0, normalized=True, **kw),
-    "jsd1": lambda s, t, **kw: generalized_jsd(s, t, beta=1.0, normalized=True, **kw),
-    "jsd_norm": lambda s, t, **kw: generalized_jsd(s, t, beta=0.7, normalized=True, **kw),
-}
 
 
 def _by_function(out: torch.Tensor) -> bool:
