@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._common import machine, write_json
 from kldiv.data import binarize, load_mnist
+from kldiv.runs import RunOptions, flush_subnormal_state_
 from kldiv.vae.objective import evaluate, iwae_bound
-from kldiv.vae.train import TrainConfig, flush_subnormal_state_, train
+from kldiv.vae.train import TrainConfig, train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 PUBLISHED = {
@@ -144,12 +145,10 @@ def run_kldiv(
         batch_size=128,
         lr=1e-3,
         binarize=binarized,
-        out=str(out),
-        progress=False,
         figures=False,
         eval_batch_size=2000,
     )
-    result = train(config, data=data)
+    result = train(config, RunOptions(out=out, overwrite=True, progress=False), data=data)
     for row in result.metrics:
         print(f"  kldiv epoch {int(row['epoch'])}: {row['seconds']:.2f} s, test -ELBO {-row['eval_elbo']:.2f}")
     x = data.test[:iwae_images]

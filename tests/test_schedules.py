@@ -23,7 +23,7 @@ from kldiv.schedules import (
     epochs,
     free_bits,
     parse_schedule,
-    seed_kl_weight,
+    tutorial_kl_weight,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -251,15 +251,15 @@ def test_epochs_rounds_half_up(n_epochs: float, steps_per_epoch: int, expected: 
         (5, [0.0, 0.5, 1.0, 1.0, 1.0]),
     ],
 )
-def test_seed_kl_weight_warms_up_over_half_of_training(num_epochs: int, expected: list[float]) -> None:
-    values = [seed_kl_weight(epoch, num_epochs) for epoch in range(num_epochs)]
+def test_tutorial_kl_weight_warms_up_over_half_of_training(num_epochs: int, expected: list[float]) -> None:
+    values = [tutorial_kl_weight(epoch, num_epochs) for epoch in range(num_epochs)]
     assert values == pytest.approx(expected, rel=1e-15, abs=0)
 
 
-def test_seed_kl_weight_is_linear_warmup_over_epochs() -> None:
+def test_tutorial_kl_weight_is_linear_warmup_over_epochs() -> None:
     for num_epochs in range(1, 40):
         for epoch in range(num_epochs):
-            assert seed_kl_weight(epoch, num_epochs) == LinearWarmup(num_epochs // 2)(epoch)
+            assert tutorial_kl_weight(epoch, num_epochs) == LinearWarmup(num_epochs // 2)(epoch)
 
 
 @pytest.mark.parametrize(
@@ -273,9 +273,9 @@ def test_seed_kl_weight_is_linear_warmup_over_epochs() -> None:
         (True, 4, "epoch"),
     ],
 )
-def test_seed_kl_weight_rejects_bad_arguments(epoch: Any, num_epochs: Any, name: str) -> None:
+def test_tutorial_kl_weight_rejects_bad_arguments(epoch: Any, num_epochs: Any, name: str) -> None:
     with pytest.raises(ValueError, match=rf"\b{name}\b"):
-        seed_kl_weight(epoch, num_epochs)
+        tutorial_kl_weight(epoch, num_epochs)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ __all__ = [
     "epochs",
     "free_bits",
     "parse_schedule",
-    "seed_kl_weight",
+    "tutorial_kl_weight",
 ]
 
 
@@ -242,11 +242,14 @@ def epochs(n_epochs: float, steps_per_epoch: int) -> int:
     """
     n = check_scalar("n_epochs", n_epochs, low=0.0)
     spe = _count("steps_per_epoch", steps_per_epoch, low=1)
-    return math.floor(n * spe + 0.5)
+    steps = n * spe + 0.5
+    if not math.isfinite(steps):
+        raise ValueError(f"n_epochs = {n:g} epochs of {spe} steps is more steps than can be counted")
+    return math.floor(steps)
 
 
-def seed_kl_weight(epoch: int, num_epochs: int) -> float:
-    """The seed tutorial's ``kl_weight_scheduler``, fixed: a linear warm-up over the first half of training.
+def tutorial_kl_weight(epoch: int, num_epochs: int) -> float:
+    """The tutorial's ``kl_weight_scheduler``, fixed: a linear warm-up over the first half of training.
 
     ``W = num_epochs // 2`` warm-up epochs; ``beta(epoch) = min(1, epoch / W)`` for ``W >= 1``, so epoch 0 gives
     0 and epochs ``>= W`` give exactly 1. The tutorial divided by ``W = 0`` when ``num_epochs < 2``; here a

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from kldiv.cli import app
 from kldiv.data import ImageDataset, load_digits
+from kldiv.runs import RunOptions, TrainingDivergedError, load_checkpoint, read_run
 from kldiv.vae import train as train_module
-from kldiv.vae.checkpoint import load_checkpoint
 from kldiv.vae.model import build_model
-from kldiv.vae.train import TrainConfig, TrainingDivergedError, load_trained, train
+from kldiv.vae.train import TrainConfig, load_trained, train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,19 +32,25 @@ def digits() -> ImageDataset:
     return replace(data, train=data.train[:600], train_labels=data.train_labels[:600])
 
 
-def _config(out: Path, **kw: object) -> TrainConfig:
+def _config(**kw: object) -> TrainConfig:
     base: dict[str, object] = {
         "dataset": "digits",
         "epochs": 4,
         "batch_size": 64,
         "schedule": "linear:1",
-        "out": str(out),
-        "progress": False,
         "figures": False,
         "binarize": True,
     }
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _run(out: Path, **kw: object) -> RunOptions:
+    return RunOptions(out=out, progress=False, **kw)  # type: ignore[arg-type]
+
+
+def _timeless(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -58,24 +64,20 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 
 def test_resume_after_two_epochs_is_bit_identical(tmp_path: Path, digits: ImageDataset) -> None:
-    straight = train(_config(tmp_path / "straight"), data=digits)
-    train(_config(tmp_path / "split", epochs=2), data=digits)
-    resumed = train(_config(tmp_path / "split", epochs=4, resume=True), data=digits)
+    straight = train(_config(), _run(tmp_path / "straight"), data=digits)
+    train(_config(epochs=2), _run(tmp_path / "split"), data=digits)
+    resumed = train(_config(epochs=4), _run(tmp_path / "split", resume=True), data=digits)
     _assert_identical(_params(straight.model), _params(resumed.model))
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3, 4]
-
-    def timeless(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-
-    assert timeless(resumed.metrics) == timeless(straight.metrics)
+    assert _timeless(resumed.metrics) == _timeless(straight.metrics)
     with open(tmp_path / "split" / "metrics.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
 
 
-def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical_metrics_included(
     tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    straight = train(_config(tmp_path / "straight", epochs=3), data=digits)
+    straight = train(_config(epochs=3), _run(tmp_path / "straight"), data=digits)
     calls = {"n": 0}
     real_loss = train_module.vae_loss
 
@@ -87,12 +89,16 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical(
 
     monkeypatch.setattr(train_module, "vae_loss", crashing_loss)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(tmp_path / "crash", epochs=3, checkpoint_steps=3), data=digits)
+        train(_config(epochs=3), _run(tmp_path / "crash", checkpoint_steps=3), data=digits)
     monkeypatch.setattr(train_module, "vae_loss", real_loss)
-    state = load_checkpoint(tmp_path / "crash", model=build_model("mlp", (1, 8, 8)), optimizer=None)
-    assert (state["epoch"], state["batch"], state["step"]) == (2, 1, 21)
-    resumed = train(_config(tmp_path / "crash", epochs=3, checkpoint_steps=3, resume=True), data=digits)
+    state = load_checkpoint(tmp_path / "crash", model=build_model("mlp", (1, 8, 8)))
+    loop = state["loop"]
+    assert isinstance(loop, dict)
+    assert (loop["epoch"], loop["batch"], loop["step"]) == (2, 1, 21)
+    resumed = train(_config(epochs=3), _run(tmp_path / "crash", checkpoint_steps=3, resume=True), data=digits)
     _assert_identical(_params(straight.model), _params(resumed.model))
+    # the running sums of the interrupted epoch were in the checkpoint: its train_loss, reconstruction and KL match
+    assert _timeless(resumed.metrics) == _timeless(straight.metrics)
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -108,8 +114,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     _, partial = load_trained(killed)  # the last checkpoint is complete and loads
-    state = load_checkpoint(killed, model=partial, optimizer=None)
-    assert int(state["step"]) > 0  # type: ignore[call-overload]
+    state = load_checkpoint(killed, model=partial)
+    assert state["loop"]["step"] > 0  # type: ignore[index]
     resumed = subprocess.run(
         [sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(killed), "--resume"],
         env=env,
@@ -129,7 +135,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     _assert_identical(_params(a), _params(b))
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
+def test_nan_loss_stops_with_a_clear_message_naming_the_checkpoint_it_keeps(
     tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"n": 0}
@@ -141,11 +147,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
         return loss * torch.nan if calls["n"] == 15 else loss
 
     monkeypatch.setattr(train_module, "vae_loss", nan_loss)
-    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, step 14"):
-        train(_config(tmp_path / "run", epochs=3), data=digits)
-    state = load_checkpoint(tmp_path / "run", model=build_model("mlp", (1, 8, 8)), optimizer=None)
-    assert (state["epoch"], state["step"]) == (1, 10)
-    for value in build_model("mlp", (1, 8, 8)).state_dict().values():
+    with pytest.raises(
+        TrainingDivergedError, match=r"loss is nan at epoch 2, step 14 .*last\.json: epoch 1 completed, step 10\)"
+    ):
+        train(_config(epochs=3), _run(tmp_path / "run"), data=digits)
+    model = build_model("mlp", (1, 8, 8))
+    state = load_checkpoint(tmp_path / "run", model=model)
+    assert state["loop"]["step"] == 10  # type: ignore[index]
+    for value in model.state_dict().values():
         assert torch.isfinite(value).all()
 
 
@@ -174,6 +183,7 @@ def test_two_process_ddp_matches_single_process_training(tmp_path: Path) -> None
         timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("test: -ELBO") == 1, ddp.stdout  # only rank 0 prints
     single = subprocess.run(
         [sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(tmp_path / "single")],
         env=env,
@@ -200,7 +210,7 @@ def test_cli_train_eval_sample_sweep(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "test: -ELBO" in result.output
-    for name in ("metrics.csv", "config.json", "last.json", "samples.png", "reconstructions.png", "curves.png"):
+    for name in ("metrics.csv", "run.json", "last.json", "samples.png", "reconstructions.png", "curves.png"):
         assert (run / name).is_file(), name
     assert (run / "latent.png").is_file()  # z_dim = 2
     with open(run / "metrics.csv") as f:
@@ -242,13 +252,43 @@ def test_cli_trains_the_conv_model_with_a_gaussian_decoder_free_bits_and_a_cycli
 
 def test_cli_errors_are_clear(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["vae", "train", "--epochs", "0", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["vae", "train", "--epochs", "0", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert "epochs must be a positive int" in " ".join(result.output.split())
+    assert "--epochs: must be an integer >= 1, got 0" in result.output
     result = runner.invoke(app, ["vae", "eval", "--run", str(tmp_path / "missing")])
     assert result.exit_code == 2
-    assert "config.json not found" in " ".join(result.output.split())  # rich wraps long lines
+    assert "holds no kldiv run" in result.output
     result = runner.invoke(
-        app, ["vae", "train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path)]
+        app, ["vae", "train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m")]
     )
     assert result.exit_code == 2
+    assert "--data-dir:" in result.output
+    assert not (tmp_path / "m").exists()  # a failed start leaves no directory
+
+
+def test_cli_resume_takes_the_runs_options_and_refuses_a_change(tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = ["vae", "train", "--epochs", "1", "--z-dim", "3", "--batch-size", "100", "--no-progress", "--out", str(run)]
+    assert runner.invoke(app, args).exit_code == 0
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2
+    assert "already holds a run" in refused.output
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "run.lock"}
+    changed = runner.invoke(app, ["vae", "train", "--resume", "--out", str(run), "--lr", "0.01", "--epochs", "2"])
+    assert changed.exit_code == 2
+    assert "--lr 0.001 -> 0.01" in changed.output
+    assert "--allow-change lr" in changed.output
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "run.lock"} == before
+    # options not given are the run's own (z_dim 3, batch size 100): a resume need not repeat them
+    resumed = runner.invoke(app, ["vae", "train", "--resume", "--epochs", "2", "--no-progress", "--out", str(run)])
+    assert resumed.exit_code == 0, resumed.output
+    assert read_run(run).config["z_dim"] == 3
+    allowed = ["vae", "train", "--resume", "--epochs", "3", "--lr", "0.01", "--allow-change", "lr", "--out", str(run)]
+    assert runner.invoke(app, [*allowed, "--no-progress"]).exit_code == 0
+    assert read_run(run).history[-1]["changes"]["lr"] == {"from": 0.001, "to": 0.01}
+    (run / "eval.json").write_text("{}")
+    overwritten = runner.invoke(app, [*args, "--overwrite"])
+    assert overwritten.exit_code == 0, overwritten.output
+    assert not (run / "eval.json").exists()
+    assert [e["event"] for e in read_run(run).history] == ["start"]

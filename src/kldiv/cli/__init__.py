@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from kldiv.cli import divergence, tour, vae
+from kldiv.cli._common import Group
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="kldiv",
+    cls=Group,
     help="Kullback-Leibler divergences and their relatives for deep learning.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kldiv import __version__
+
+        typer.echo(f"kldiv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Kullback-Leibler divergences and their relatives for deep learning."""
+
+
 app.command("tour")(tour.tour)
-app.add_typer(divergence.app, name="divergence")
+app.command("divergence", no_args_is_help=True)(divergence.divergence)
 app.add_typer(vae.app, name="vae")
 
 

@@ -8,11 +8,6 @@ import typer
 
 import kldiv
 
-app = typer.Typer(
-    help="Divergences between two probability vectors given as comma-separated numbers.",
-    no_args_is_help=True,
-)
-
 _UNITS = {2.0: "bits", 10.0: "hartleys"}
 
 
@@ -36,17 +31,26 @@ def unit_name(base: float | None) -> str:
     return _UNITS.get(base) or f"log base {base:g} units"
 
 
-@app.command("kl")
-def kl_family(
-    p: Annotated[str, typer.Argument(metavar="P", help="P as comma-separated probabilities, e.g. 0.4,0.5,0.1")],
-    q: Annotated[str, typer.Argument(metavar="Q", help="Q as comma-separated probabilities, e.g. 0.3,0.4,0.3")],
+def divergence(
+    vectors: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[kl] P Q",
+            help="P and Q as comma-separated probabilities, e.g. 0.4,0.5,0.1 0.3,0.4,0.3 (a leading 'kl' is allowed).",
+            show_default=False,
+        ),
+    ],
     base: Annotated[float | None, typer.Option(help="Logarithm base: 2 gives bits; default e (nats).")] = None,
     normalize: Annotated[
         bool, typer.Option("--normalize", help="Divide P and Q by their sums first (e.g. counts).")
     ] = False,
 ) -> None:
     """Print KL(P||Q), KL(Q||P), JS, the cross-entropies and the entropies of P and Q."""
-    pv, qv = parse_vector(p, name="P"), parse_vector(q, name="Q")
+    if vectors[:1] == ["kl"]:
+        vectors = vectors[1:]
+    if len(vectors) != 2:
+        raise typer.BadParameter(f"expected two vectors P and Q, got {len(vectors)} argument(s)", param_hint="P Q")
+    pv, qv = parse_vector(vectors[0], name="P"), parse_vector(vectors[1], name="Q")
     try:
         rows = [
             ("KL(P||Q)", kldiv.kl(pv, qv, base=base, normalize=normalize)),

@@ -11,15 +11,30 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from kldiv.cli._common import fail
 from kldiv.report import Context, Section, Table, format_cell, tour_sections, write_report
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _rich_table(table: Table) -> RichTable:
-    """The table's summary columns as a rich table."""
+    """The table's summary columns as a rich table: numbers are never cut (their columns keep their width),
+    text columns wrap to fit the terminal (80 columns when piped)."""
     keep = [table.header.index(c) for c in table.summary_columns]
     out = RichTable(title=table.title, title_justify="left")
     for i in keep:
-        out.add_column(table.header[i], no_wrap=True)
+        cells = [format_cell(row[i]).replace("`", "") for row in table.rows]
+        if all(_is_number(c) for c in cells):
+            width = max(map(len, cells)) if cells else None
+            out.add_column(table.header[i], no_wrap=True, min_width=width, justify="right")
+        else:
+            out.add_column(table.header[i], overflow="fold")
     for row in table.rows:
         out.add_row(*(format_cell(row[i]).replace("`", "") for i in keep))
     return out
@@ -34,11 +49,12 @@ def tour(
 
     Writes OUT/index.html (self-contained), OUT/report.md and OUT/figures/*.png; prints the summary.
     """
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out: {out} is a file, not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] cannot create the output directory {out}: {exc}")
-        raise typer.Exit(2) from None
+        raise fail(f"--out: cannot create the directory {out}: {exc.strerror}") from None
     from kldiv import tour as tour_lib  # heavy (torch, scipy, matplotlib): imported when the tour runs
 
     tour_lib.import_section_modules()

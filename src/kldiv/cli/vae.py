@@ -4,13 +4,26 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table as RichTable
+
+from kldiv.cli._common import (
+    AllowChange,
+    CheckpointSteps,
+    Out,
+    Overwrite,
+    Progress,
+    Resume,
+    config_values,
+    console,
+    fail,
+    run_options,
+    user_errors,
+)
 
 app = typer.Typer(help="Variational autoencoders: beta-VAE, KL schedules, free bits, IWAE evaluation.")
 
@@ -18,36 +31,31 @@ DataDir = Annotated[
     str | None,
     typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
 ]
+RunDir = Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", soft_wrap=True)  # paths stay whole
-    return typer.Exit(2)
-
-
-def _config(**options: Any) -> Any:
+def _config(values: dict[str, Any]) -> Any:
     from kldiv.vae.train import TrainConfig
 
-    try:
-        return TrainConfig(**options)
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+    with user_errors():
+        return TrainConfig(**values)
 
 
-def _run(config: Any) -> Any:
-    from kldiv.vae.train import TrainingDivergedError, train
-
-    try:
-        return train(config)
-    except (ValueError, FileNotFoundError, TrainingDivergedError) as exc:
-        raise _fail(str(exc)) from None
+def _png_path(path: Path, option: str) -> Path:
+    """An output file whose directory exists (checked before any work)."""
+    if path.is_dir():
+        raise fail(f"{option}: {path} is a directory; give a file name such as {path / 'samples.png'}")
+    if not path.parent.is_dir():
+        raise fail(f"{option}: the directory {path.parent} does not exist")
+    return path
 
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="'digits' (embedded, 8x8) or 'mnist' (needs --data-dir).")] = "digits",
     data_dir: DataDir = None,
-    model: Annotated[str, typer.Option(help="'mlp' (784-400-400-z, the seed's) or 'conv'.")] = "mlp",
+    model: Annotated[str, typer.Option(help="'mlp' (784-400-400-z, the tutorial's) or 'conv'.")] = "mlp",
     z_dim: Annotated[int, typer.Option(help="Latent dimensions.")] = 20,
     likelihood: Annotated[str, typer.Option(help="'bernoulli' or 'gaussian' decoder.")] = "bernoulli",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
@@ -61,35 +69,45 @@ def train_command(
     binarize: Annotated[bool, typer.Option(help="Dynamic binarization of the pixels.")] = False,
     val_size: Annotated[int, typer.Option(help="Training images held out for per-epoch evaluation.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/vae"),
-    resume: Annotated[bool, typer.Option(help="Continue exactly from the last checkpoint in --out.")] = False,
-    checkpoint_steps: Annotated[int, typer.Option(help="Also checkpoint every N steps (0: epoch ends).")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    out: Out = Path("runs/vae"),
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    allow_change: AllowChange = None,
+    checkpoint_steps: CheckpointSteps = 0,
+    progress: Progress = True,
 ) -> None:
-    """Train a VAE; writes metrics.csv, checkpoints (safetensors) and figures into --out."""
-    config = _config(
-        dataset=dataset,
-        data_dir=data_dir,
-        model=model,
-        z_dim=z_dim,
-        likelihood=likelihood,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        beta=beta,
-        schedule=schedule,
-        free_bits=free_bits,
-        binarize=binarize,
-        val_size=val_size,
-        seed=seed,
-        out=str(out),
+    """Train a VAE; writes run.json, metrics.csv, checkpoints (safetensors) and figures into --out."""
+    from kldiv.vae.train import train
+
+    options = run_options(
+        out,
         resume=resume,
+        overwrite=overwrite,
+        allow_change=allow_change,
         checkpoint_steps=checkpoint_steps,
         progress=progress,
     )
-    result = _run(config)
+    values = {
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "model": model,
+        "z_dim": z_dim,
+        "likelihood": likelihood,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "beta": beta,
+        "schedule": schedule,
+        "free_bits": free_bits,
+        "binarize": binarize,
+        "val_size": val_size,
+        "seed": seed,
+    }
+    config = _config(config_values(ctx, values, options))
+    with user_errors():
+        result = train(config, options)
     t = result.test
-    Console().print(
+    console().print(
         f"test: -ELBO {-t.elbo:.2f} nats = reconstruction {t.reconstruction:.2f} + KL {t.kl:.2f}; "
         f"active units {t.active_units}/{config.z_dim}. Wrote {result.out_dir}."
     )
@@ -97,7 +115,7 @@ def train_command(
 
 @app.command("eval")
 def eval_command(
-    run: Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")] = Path("runs/vae"),
+    run: RunDir = Path("runs/vae"),
     data_dir: DataDir = None,
     iwae_k: Annotated[int, typer.Option(help="Importance samples of the IWAE bound (0: skip).")] = 5000,
     limit: Annotated[int, typer.Option(help="Evaluate on the first N test images (0: all).")] = 0,
@@ -106,16 +124,18 @@ def eval_command(
     """Test ELBO (reconstruction and KL, per dimension), IWAE-k bound on log p(x), active units; eval.json."""
     import torch
 
-    from kldiv.data import binarize, load_dataset
-    from kldiv.vae.checkpoint import atomic_write_bytes
+    from kldiv.data import binarize
+    from kldiv.runs import atomic_write_bytes
+    from kldiv.runs import options as check
     from kldiv.vae.objective import evaluate, iwae_bound
-    from kldiv.vae.train import load_trained
+    from kldiv.vae.train import load_data, load_trained
 
-    try:
+    with user_errors():
+        check.integer("iwae_k", iwae_k, low=0)
+        check.integer("limit", limit, low=0)
+        check.seed("seed", seed)
         config, model = load_trained(run)
-        data = load_dataset(config.dataset, data_dir or config.data_dir)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        data = load_data(replace(config, data_dir=data_dir or config.data_dir))
     x = data.test[:limit] if limit else data.test
     if config.binarize:
         x = binarize(x, torch.Generator().manual_seed(seed))
@@ -134,7 +154,8 @@ def eval_command(
         bound = iwae_bound(model, x, k=iwae_k, generator=torch.Generator().manual_seed(seed), progress=True)
         result["iwae_k"] = iwae_k
         result["iwae_nll"] = -float(bound.mean())
-    atomic_write_bytes(run / "eval.json", json.dumps(result, indent=2).encode())
+    with user_errors():
+        atomic_write_bytes(run / "eval.json", json.dumps(result, indent=2).encode())
     table = RichTable(title=f"{run}: {result['images']} test images", title_justify="left")
     table.add_column("quantity")
     table.add_column("nats per image", justify="right")
@@ -144,12 +165,12 @@ def eval_command(
     if iwae_k:
         table.add_row(f"IWAE-{iwae_k} NLL", f"{result['iwae_nll']:.3f}")
     table.add_row("active units", f"{ev.active_units}/{len(ev.kl_per_dim)}")
-    Console().print(table)
+    console().print(table)
 
 
 @app.command("sample")
 def sample_command(
-    run: Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")] = Path("runs/vae"),
+    run: RunDir = Path("runs/vae"),
     n: Annotated[int, typer.Option("-n", help="Number of samples.")] = 64,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG path (default: RUN/samples.png).")] = None,
@@ -158,19 +179,19 @@ def sample_command(
     import torch
 
     from kldiv.report import png_bytes
-    from kldiv.vae.checkpoint import atomic_write_bytes
+    from kldiv.runs import atomic_write_bytes
+    from kldiv.runs import options as check
     from kldiv.vae.plots import samples_figure
     from kldiv.vae.train import load_trained
 
-    if n < 1:
-        raise _fail(f"-n must be >= 1, got {n}")
-    try:
+    with user_errors():
+        check.integer("n", n, low=1, high=10_000)
+        check.seed("seed", seed)
+    path = _png_path(out, "--out") if out is not None else run / "samples.png"
+    with user_errors():
         _, model = load_trained(run)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
-    path = out or run / "samples.png"
-    atomic_write_bytes(path, png_bytes(samples_figure(model, n=n, generator=torch.Generator().manual_seed(seed))))
-    Console().print(f"Wrote {path}.")
+        atomic_write_bytes(path, png_bytes(samples_figure(model, n=n, generator=torch.Generator().manual_seed(seed))))
+    console().print(f"Wrote {path}.")
 
 
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -187,56 +208,70 @@ def sweep_command(
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
     schedule: Annotated[str, typer.Option(help="KL schedule (as for train).")] = "constant",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory.")] = Path("runs/vae-sweep"),
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Sweep directory (one run per beta inside).")] = Path(
+        "runs/vae-sweep"
+    ),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue each beta's run from its checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the runs of an earlier sweep.")] = False,
+    progress: Progress = True,
 ) -> None:
     """Train one VAE per beta; writes the reconstruction/KL trade-off as sweep.csv, sweep.md and tradeoff.png."""
     from kldiv.report import png_bytes
-    from kldiv.vae.checkpoint import atomic_write_bytes
-    from kldiv.vae.train import write_csv
+    from kldiv.runs import atomic_write_bytes, csv_bytes
+    from kldiv.vae.plots import tradeoff_figure
+    from kldiv.vae.train import load_data, train
 
     try:
         betas = [*(beta or []), *(float(extra) for extra in ctx.args)]
     except ValueError:
-        raise _fail(f"--beta takes numbers, got {ctx.args}") from None
+        raise fail(f"--beta takes numbers, got {' '.join(ctx.args)}") from None
     if not betas:
-        raise _fail("give at least one --beta, e.g. --beta 0.5 1 4")
+        raise fail("--beta: give at least one value, e.g. --beta 0.5 1 4")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out: {out} is a file, not a directory")
     base = _config(
-        dataset=dataset,
-        data_dir=data_dir,
-        model=model,
-        z_dim=z_dim,
-        epochs=epochs,
-        batch_size=batch_size,
-        schedule=schedule,
-        seed=seed,
-        progress=progress,
+        {
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "model": model,
+            "z_dim": z_dim,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "schedule": schedule,
+            "seed": seed,
+        }
     )
+    configs = [_config({**asdict(base), "beta": b}) for b in betas]  # every beta checked before the first run
+    with user_errors():
+        data = load_data(base)
     rows = []
-    for b in betas:
-        result = _run(replace(base, beta=b, out=str(out / f"beta-{b:g}")))
+    for config in configs:
+        options = run_options(out / f"beta-{config.beta:g}", resume=resume, overwrite=overwrite, allow_change=None)
+        options = replace(options, progress=progress)
+        with user_errors():
+            result = train(config, options, data=data)
         t = result.test
         rows.append(
             {
-                "beta": b,
+                "beta": config.beta,
                 "reconstruction": t.reconstruction,
                 "kl": t.kl,
                 "neg_elbo": -t.elbo,
                 "active_units": t.active_units,
             }
         )
-        Console().print(f"beta {b:g}: reconstruction {t.reconstruction:.2f}, KL {t.kl:.2f}, -ELBO {-t.elbo:.2f}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "sweep.csv", rows)
+        console().print(
+            f"beta {config.beta:g}: reconstruction {t.reconstruction:.2f}, KL {t.kl:.2f}, -ELBO {-t.elbo:.2f}"
+        )
     lines = ["| beta | reconstruction | KL | -ELBO | active units |", "|---|---|---|---|---|"]
     lines += [
         f"| {r['beta']:g} | {r['reconstruction']:.2f} | {r['kl']:.2f} | {r['neg_elbo']:.2f} | {r['active_units']} |"
         for r in rows
     ]
-    atomic_write_bytes(out / "sweep.md", ("\n".join(lines) + "\n").encode())
-    from kldiv.vae.plots import tradeoff_figure
-
-    atomic_write_bytes(out / "tradeoff.png", png_bytes(tradeoff_figure(rows)))
+    with user_errors():
+        atomic_write_bytes(out / "sweep.csv", csv_bytes(rows))
+        atomic_write_bytes(out / "sweep.md", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(out / "tradeoff.png", png_bytes(tradeoff_figure(rows)))
     table = RichTable(title=f"beta sweep ({dataset}, test set, nats per image)", title_justify="left")
     for col in ("beta", "reconstruction", "KL", "-ELBO", "active units"):
         table.add_column(col, justify="right")
@@ -248,4 +283,4 @@ def sweep_command(
             f"{r['neg_elbo']:.2f}",
             str(r["active_units"]),
         )
-    Console().print(table)
+    console().print(table)

@@ -3,7 +3,7 @@
 The models only map tensors; every formula of the objective (likelihood, KL, ELBO, IWAE) lives in
 :mod:`kldiv.vae.objective`. Reference: Kingma & Welling (2014), "Auto-Encoding Variational Bayes", ICLR.
 
-- :class:`MLPVAE`: the seed's fully connected VAE (784-400-400-20 on MNIST, ReLU).
+- :class:`MLPVAE`: the tutorial's fully connected VAE (784-400-400-20 on MNIST, ReLU).
 - :class:`ConvVAE`: a small convolutional VAE (stride-2 convolutions; any image size, e.g. 28x28 and 8x8).
 
 Decoder outputs: Bernoulli logits (``likelihood="bernoulli"``), or Gaussian means in [0, 1] (a sigmoid) with one
@@ -130,7 +130,7 @@ class VAE(nn.Module):
 
 
 class MLPVAE(VAE):
-    """Fully connected VAE; the defaults are the seed's 784-400-400-20 with ReLU.
+    """Fully connected VAE; the defaults are the tutorial's 784-400-400-20 with ReLU.
 
     Encoder: ``D -> hidden[0] -> ... -> hidden[-1]`` (ReLU), then two linear heads ``-> z_dim`` for ``mu`` and
     ``log_var``. Decoder: ``z_dim -> hidden[-1] -> ... -> hidden[0]`` (ReLU) ``-> D`` with ``D = C * H * W``.

@@ -115,7 +115,7 @@ def log_likelihood(model: VAE, x: Tensor, decoded: Tensor) -> Tensor:
     for S samples per image); the result has shape ``decoded.shape[:-3]``.
 
     - Bernoulli (``decoded`` = logits l): ``sum_p x_p log sigmoid(l_p) + (1 - x_p) log sigmoid(-l_p)``, i.e. minus
-      the binary cross-entropy with logits. For continuous ``x`` in [0, 1] this is the seed's BCE objective, not
+      the binary cross-entropy with logits. For continuous ``x`` in [0, 1] this is the tutorial's BCE objective, not
       the log-density of a normalized distribution on [0, 1].
     - Gaussian (``decoded`` = means m): ``sum_p log N(x_p; m_p, sigma^2) = -0.5 sum_p (x_p - m_p)^2 / sigma^2
       - P (log sigma + 0.5 log 2 pi)`` with the model's scalar ``sigma = exp(log_sigma)`` and P pixels.

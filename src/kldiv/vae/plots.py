@@ -15,7 +15,7 @@ from torch import Tensor
 
 from kldiv.data import ImageDataset
 from kldiv.report import png_bytes
-from kldiv.vae.checkpoint import atomic_write_bytes
+from kldiv.runs import atomic_write_bytes
 from kldiv.vae.model import VAE
 from kldiv.viz import new_figure
 

@@ -1,4 +1,4 @@
-"""The tour's VAE section: the seed's MLP VAE trained on the embedded 8x8 digits for three values of beta, with
+"""The tour's VAE section: the tutorial's MLP VAE trained on the embedded 8x8 digits for three values of beta, with
 samples, reconstructions and the reconstruction/KL trade-off."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import torch
 
 from kldiv.data import load_digits
 from kldiv.report import Cell, Context, Figure, Section, Table, png_bytes, register_section
+from kldiv.runs import RunOptions
 from kldiv.vae.plots import reconstructions_figure, samples_figure, tradeoff_figure
 from kldiv.vae.train import TrainConfig, TrainResult, train
 
@@ -21,11 +22,10 @@ def _train(ctx: Context, beta: float) -> TrainResult:
         batch_size=64,
         beta=beta,
         schedule="linear:10",
-        out=str(ctx.out_dir / "vae" / f"beta-{beta:g}"),
-        progress=False,
         figures=False,
     )
-    return train(config, data=load_digits())
+    options = RunOptions(out=ctx.out_dir / "vae" / f"beta-{beta:g}", overwrite=True, progress=False)
+    return train(config, options, data=load_digits())
 
 
 @register_section("vae", order=30)
@@ -53,7 +53,7 @@ def vae_section(ctx: Context) -> Section:
     return Section(
         title="VAE: the KL term under control",
         blocks=[
-            f"The seed's MLP VAE (hidden 400-400, z = 20, Bernoulli decoder) trained by `kldiv vae train` on "
+            f"The tutorial's MLP VAE (hidden 400-400, z = 20, Bernoulli decoder) trained by `kldiv vae train` on "
             f"scikit-learn's 8×8 digits ({data.train.shape[0]} training images), {EPOCHS} epochs, the KL weight "
             "warmed up linearly over 10 epochs to β. The loss is reconstruction + β·KL(q(z|x) ‖ N(0, I)), the KL "
             "from kldiv's closed form. Larger β buys a smaller KL (rate) with a worse reconstruction (distortion) "

@@ -1,60 +1,42 @@
-"""Training a VAE, top to bottom: data, model, KL schedule, the loop, evaluation, checkpoints, figures.
+"""Training a VAE, top to bottom: data, model, KL schedule, the loop, evaluation, figures.
 
 The objective is the negative ELBO of Kingma & Welling (2014) with the KL weight of Higgins et al. (2017),
 ``loss = E_q[-log p(x|z)] + beta_t * KL(q(z|x) || N(0, I))``, where ``beta_t = beta * schedule(t)`` at optimizer
 step ``t`` (:mod:`kldiv.schedules`) and the KL may be floored per dimension ("free bits", Kingma et al. 2016).
-Every formula comes from :mod:`kldiv.vae.objective`; this module only runs it.
-
-Guarantees:
-
-* **Exact resume.** A checkpoint (:mod:`kldiv.vae.checkpoint`, weights in safetensors, the rest loaded with
-  ``weights_only=True``) holds the model, the optimizer, both random generators (data order; sampling noise and
-  binarization), the position in the epoch and the metrics so far. ``resume=True`` continues from it, and the
-  parameters are bit-identical to an uninterrupted run (same seed, CPU).
-* **No lost data.** Checkpoints are written atomically at every epoch end (and every ``checkpoint_steps``
-  steps), so a run killed at any moment resumes from its last complete checkpoint.
-* **No silent NaN.** A non-finite loss stops training with :class:`TrainingDivergedError`, naming the epoch and step;
-  the last good checkpoint is kept.
-* **Multi-process.** Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel
-  (gloo on CPU, nccl on CUDA); every rank draws the same global batch order and the same noise and keeps its
-  contiguous shard, so the averaged gradient equals the single-process one on the same global batch. Only rank 0
-  writes files.
+Every formula comes from :mod:`kldiv.vae.objective`; the run directory, checkpoints, exact resume, metrics,
+progress bar and NaN stop come from :mod:`kldiv.runs`. Under ``torchrun`` the model is wrapped in
+DistributedDataParallel; every rank draws the same global batch and noise and keeps its contiguous shard, so the
+averaged gradient equals the single-process one on the same global batch.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
-import time
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
-from kldiv.data import ImageDataset, batches, binarize, load_dataset, shard
-from kldiv.schedules import Scaled, Schedule, parse_schedule
-from kldiv.vae.checkpoint import atomic_write_bytes, has_checkpoint, load_checkpoint, save_checkpoint
+from kldiv.data import DATASETS, ImageDataset, binarize, load_dataset, shard
+from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint, read_run
+from kldiv.runs import options as check
+from kldiv.schedules import Cyclical, Scaled, parse_schedule
 from kldiv.vae.model import VAE, build_model
 from kldiv.vae.objective import Evaluation, elbo_terms, evaluate, vae_loss
 
-METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.json"
+COMMAND = "vae train"
+MODELS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
+# options a resume may change without changing the run (epochs too, unless the schedule spans the whole run)
+VOLATILE = ("data_dir", "figures", "eval_batch_size")
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a run (saved in its checkpoints; ``kldiv vae train --help`` documents each)."""
+    """The options that define a VAE run (saved in ``run.json`` and every checkpoint; ``kldiv vae train --help``
+    documents each)."""
 
     dataset: str = "digits"
     data_dir: str | None = None
@@ -70,24 +52,35 @@ class TrainConfig:
     binarize: bool = False
     val_size: int = 0
     seed: int = 0
-    out: str = "runs/vae"
-    resume: bool = False
-    checkpoint_steps: int = 0
-    progress: bool = True
     figures: bool = True
     eval_batch_size: int = 1000
 
     def __post_init__(self) -> None:
+        check.choice("dataset", self.dataset, DATASETS)
+        check.choice("model", self.model, MODELS)
+        check.choice("likelihood", self.likelihood, LIKELIHOODS)
         for name in ("z_dim", "epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.checkpoint_steps < 0:
-            raise ValueError(f"checkpoint_steps must be >= 0 (0: only at epoch ends), got {self.checkpoint_steps}")
-        for name in ("lr", "beta", "free_bits"):
-            value = float(getattr(self, name))
-            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value}")
+            check.integer(name, getattr(self, name), low=1)
+        check.integer("val_size", self.val_size, low=0)
+        check.seed("seed", self.seed)
+        object.__setattr__(self, "lr", check.number("lr", self.lr, low=0.0, low_open=True))
+        object.__setattr__(self, "beta", check.number("beta", self.beta, low=0.0))
+        object.__setattr__(self, "free_bits", check.number("free_bits", self.free_bits, low=0.0))
+        if not isinstance(self.binarize, bool) or not isinstance(self.figures, bool):
+            raise OptionError("binarize" if not isinstance(self.binarize, bool) else "figures", "must be True or False")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise OptionError("data_dir", f"must be a path, got {self.data_dir!r}")
+        self.kl_schedule(steps_per_epoch=1)  # the spec's grammar and numbers; the step counts once the data is known
+
+    def kl_schedule(self, steps_per_epoch: int) -> Scaled:
+        """``beta * schedule`` per optimizer step, for ``steps_per_epoch`` steps per epoch."""
+        try:
+            inner = parse_schedule(
+                self.schedule, total_steps=steps_per_epoch * self.epochs, steps_per_epoch=steps_per_epoch
+            )
+        except (ValueError, TypeError) as e:
+            raise OptionError("schedule", str(e)) from None
+        return Scaled(inner, self.beta)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -105,220 +98,111 @@ class TrainResult:
     test: Evaluation
 
 
+def load_data(config: TrainConfig) -> ImageDataset:
+    """The configuration's dataset (errors name the option at fault)."""
+    try:
+        return load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
+    except (FileNotFoundError, ValueError) as e:
+        option = "val_size" if "val_size" in str(e) else "data_dir"
+        raise OptionError(option, str(e)) from None
+
+
 def load_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration a run was trained with (its ``config.json``)."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} the --out directory of `kldiv vae train`?")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    """The configuration a run was trained with (from its ``run.json``)."""
+    info = read_run(run_dir)
+    if info.command != COMMAND:
+        raise ValueError(f"{run_dir} holds a run of `kldiv {info.command}`, not of `kldiv {COMMAND}`")
+    try:
+        return TrainConfig.from_dict(info.config)
+    except (OptionError, TypeError) as e:
+        raise ValueError(f"{info.path}: the run's configuration is invalid ({e})") from None
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VAE]:
     """The configuration and the model of a run, with the weights of its last checkpoint."""
     config = load_config(run_dir)
-    data_shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}.get(config.dataset)
-    if data_shape is None:
-        raise ValueError(f"{run_dir}: unknown dataset {config.dataset!r} in {CONFIG_FILE}")
+    data_shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}[config.dataset]
     model = build_model(config.model, data_shape, z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
-    load_checkpoint(run_dir, model=model, optimizer=None)
+    load_checkpoint(run_dir, model=model)
     model.eval()
     return config, model
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size), initializing the default process group under torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _generator_state(g: torch.Generator) -> Tensor:
-    return g.get_state().clone()
-
-
-def write_csv(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
-    """Rows as CSV, rewritten whole and atomically (so a resumed run's metrics.csv never duplicates or loses rows)."""
-    if not rows:
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _tensorboard(out_dir: Path) -> Any:
-    """A TensorBoard SummaryWriter when tensorboard is installed, else None."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-
-
-def flush_subnormal_state_(optimizer: torch.optim.Optimizer) -> None:
-    """Set the subnormal entries of the optimizer's state to zero, in place.
-
-    Adam's first moment of a parameter whose gradient is exactly zero (weights of MNIST's always-blank border
-    pixels, dead ReLUs) decays by beta1 per step into the subnormal range, where x86 arithmetic is many times
-    slower: measured here, the optimizer step went from 0.25 to 1.34 s per MNIST epoch after three epochs (205k
-    subnormal entries). ``torch.set_flush_denormal`` cannot help reliably, as it only sets the calling thread.
-    Zeroing values below the smallest normal float (1.2e-38 in float32) changes nothing that matters.
-    """
-    for state in optimizer.state.values():
-        for value in state.values():
-            if isinstance(value, Tensor) and value.is_floating_point() and value.dim():
-                value.masked_fill_(value.abs() < torch.finfo(value.dtype).tiny, 0.0)
-
-
-_FLUSH_EVERY = 16  # steps; a value decaying by 0.9 per step stays subnormal for about 150 steps
-
-
-def train(config: TrainConfig, *, data: ImageDataset | None = None) -> TrainResult:
-    """Train (or, with ``config.resume``, continue) a VAE; see the module docstring for the guarantees."""
-    rank, world = _world()
-    out_dir = Path(config.out)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2).encode())
-    data = data if data is not None else load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
+def train(config: TrainConfig, options: RunOptions | None = None, *, data: ImageDataset | None = None) -> TrainResult:
+    """Train (or, with ``options.resume``, continue) a VAE in the run directory ``options.out`` (default
+    ``runs/vae``); see :mod:`kldiv.runs` for the rules of the directory and the guarantees of resume."""
+    options = options or RunOptions(out="runs/vae")
+    data = data if data is not None else load_data(config)
+    n = data.train.shape[0]
+    if n == 0:
+        raise OptionError("val_size", f"leaves no training images (the dataset has {data.val.shape[0]})")
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    schedule = config.kl_schedule(steps_per_epoch)
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.image_shape, z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all tensors
-    data_gen = torch.Generator().manual_seed(config.seed)
-    noise_gen = torch.Generator().manual_seed(config.seed + 1)
-    n = data.train.shape[0]
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    schedule: Schedule = Scaled(
-        parse_schedule(config.schedule, total_steps=steps_per_epoch * config.epochs, steps_per_epoch=steps_per_epoch),
-        config.beta,
-    )
-    metrics: list[dict[str, float]] = []
-    step, start_epoch, start_batch = 0, 0, 0
-    epoch_state = _generator_state(data_gen)
-    if config.resume and has_checkpoint(out_dir):
-        state = load_checkpoint(out_dir, model=model, optimizer=optimizer)
-        saved = TrainConfig.from_dict(dict(state["config"]))  # type: ignore[call-overload]
-        if (saved.model, saved.z_dim, saved.likelihood, saved.dataset) != (
-            config.model,
-            config.z_dim,
-            config.likelihood,
-            config.dataset,
-        ):
-            raise ValueError(
-                f"--resume: the checkpoint in {out_dir} was trained with model={saved.model} z_dim={saved.z_dim} "
-                f"likelihood={saved.likelihood} dataset={saved.dataset}; pass the same options or another --out"
+    noise = torch.Generator().manual_seed(config.seed + 1)  # binarization and the reparameterization noise
+    spans_run = isinstance(schedule.schedule, Cyclical)
+    volatile = VOLATILE if spans_run else (*VOLATILE, "epochs")
+
+    with Run.open(options, command=COMMAND, config=asdict(config), volatile=volatile) as run:
+        net: nn.Module = nn.parallel.DistributedDataParallel(model) if run.world_size > 1 else model
+        loop = TrainingLoop(
+            run,
+            model=model,
+            epochs=config.epochs,
+            optimizers={"adam": optimizer},
+            generators={"noise": noise},
+            data_size=n,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            tensorboard=config.figures,
+        )
+        for epoch in loop.epochs():
+            model.train()
+            for index in loop.batches():
+                x_all = data.train[index]
+                if config.binarize:
+                    x_all = binarize(x_all, noise)
+                eps_all = torch.randn(x_all.shape[0], config.z_dim, generator=noise)
+                part = shard(x_all.shape[0], run.rank, run.world_size)
+                x = x_all[part]
+                beta_t = schedule(loop.step)
+                terms = elbo_terms(net, x, eps=eps_all[part])  # type: ignore[arg-type]
+                loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
+                loop.check_finite(loss, hint="Try a smaller learning rate.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimizer.step()
+                with torch.no_grad():
+                    loop.accumulate(
+                        x.shape[0],
+                        train_loss=loss.detach() * x.shape[0],
+                        train_reconstruction=terms.reconstruction.sum(),
+                        train_kl=terms.kl.sum(),
+                    )
+                loop.show(loss=loss, beta=beta_t)
+            evaluation = evaluate(
+                model,
+                data.val if data.val.shape[0] else data.test,
+                batch_size=config.eval_batch_size,
+                generator=torch.Generator().manual_seed(config.seed + 1000 + epoch),  # the same after a resume
             )
-        step, start_epoch, start_batch = int(state["step"]), int(state["epoch"]), int(state["batch"])  # type: ignore[call-overload]
-        epoch_state = state["data_generator"]  # type: ignore[assignment]
-        noise_gen.set_state(state["noise_generator"])  # type: ignore[arg-type]
-        metrics = [dict(row) for row in state["metrics"]]  # type: ignore[attr-defined]
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
-    writer = _tensorboard(out_dir) if rank == 0 and config.figures else None
-
-    def checkpoint(epoch: int, batch: int, data_state: Tensor) -> None:
-        if rank != 0:
-            return
-        state = {
-            "config": asdict(config),
-            "step": step,
-            "epoch": epoch,
-            "batch": batch,
-            "data_generator": data_state,
-            "noise_generator": _generator_state(noise_gen),
-            "metrics": metrics,
-        }
-        save_checkpoint(out_dir, model=model, optimizer=optimizer, state=state)
-
-    from tqdm.auto import tqdm
-
-    for epoch in range(start_epoch, config.epochs):
-        this_epoch_state = epoch_state
-        data_gen.set_state(epoch_state)
-        order = list(batches(n, config.batch_size, generator=data_gen))
-        epoch_state = _generator_state(data_gen)  # the next epoch's order
-        resume_at = start_batch if epoch == start_epoch else 0
-        started = time.perf_counter()
-        totals = torch.zeros(3, dtype=torch.float64)
-        seen = 0
-        model.train()
-        bar = tqdm(
-            range(resume_at, len(order)),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress or rank != 0,
-            leave=False,
+            loop.end_epoch(
+                beta=schedule(max(loop.step - 1, 0)),
+                eval_elbo=evaluation.elbo,
+                eval_reconstruction=evaluation.reconstruction,
+                eval_kl=evaluation.kl,
+                active_units=evaluation.active_units,
+            )
+        loop.close()
+        test = evaluate(
+            model, data.test, batch_size=config.eval_batch_size, generator=torch.Generator().manual_seed(config.seed)
         )
-        for b in bar:
-            x_all = data.train[order[b]]
-            if config.binarize:
-                x_all = binarize(x_all, noise_gen)
-            eps_all = torch.randn(x_all.shape[0], config.z_dim, generator=noise_gen)
-            part = shard(x_all.shape[0], rank, world)
-            x = x_all[part]
-            beta_t = schedule(step)
-            terms = elbo_terms(net if world > 1 else model, x, eps=eps_all[part])  # type: ignore[arg-type]
-            loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
-            finite = torch.isfinite(loss.detach()).to(torch.float32)
-            if world > 1:  # every rank stops together (a rank that stopped alone would leave the others waiting)
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if not bool(finite):
-                raise TrainingDivergedError(
-                    f"the loss is {float(loss.detach())} at epoch {epoch + 1}, step {step} (batch {b}); training "
-                    f"stopped and the last good checkpoint in {out_dir} is kept. Try a smaller --lr."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            step += 1
-            if step % _FLUSH_EVERY == 0 and not next(model.parameters()).is_cuda:
-                flush_subnormal_state_(optimizer)
-            with torch.no_grad():
-                totals += torch.stack(
-                    [loss.detach().double() * x.shape[0], terms.reconstruction.sum().double(), terms.kl.sum().double()]
-                )
-                seen += x.shape[0]
-            if rank == 0 and config.progress:
-                bar.set_postfix(loss=f"{float(loss):.2f}", beta=f"{beta_t:.3g}")
-            if config.checkpoint_steps and step % config.checkpoint_steps == 0:
-                checkpoint(epoch, b + 1, this_epoch_state)
-        elapsed = time.perf_counter() - started
-        evaluation = evaluate(
-            model,
-            data.val if data.val.shape[0] else data.test,
-            batch_size=config.eval_batch_size,
-            generator=torch.Generator().manual_seed(config.seed + 1000 + epoch),  # the same after a resume
-        )
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "beta": schedule(max(step - 1, 0)),
-            "train_loss": float(totals[0]) / max(seen, 1),
-            "train_reconstruction": float(totals[1]) / max(seen, 1),
-            "train_kl": float(totals[2]) / max(seen, 1),
-            "eval_elbo": evaluation.elbo,
-            "eval_reconstruction": evaluation.reconstruction,
-            "eval_kl": evaluation.kl,
-            "active_units": evaluation.active_units,
-            "seconds": elapsed,
-        }
-        metrics.append(row)
-        if rank == 0:
-            write_csv(out_dir / METRICS_FILE, metrics)
-            if writer is not None:
-                for key, value in row.items():
-                    writer.add_scalar(key, value, step)
-        checkpoint(epoch + 1, 0, epoch_state)
-    test = evaluate(
-        model, data.test, batch_size=config.eval_batch_size, generator=torch.Generator().manual_seed(config.seed)
-    )
-    if rank == 0 and config.figures:
-        from kldiv.vae.plots import write_figures
+        if run.is_main and config.figures:
+            from kldiv.vae.plots import write_figures
 
-        write_figures(model, data, metrics, out_dir, generator=torch.Generator().manual_seed(config.seed))
-    if writer is not None:
-        writer.close()
-    return TrainResult(model=model, metrics=metrics, out_dir=out_dir, test=test)
+            write_figures(
+                model, data, loop.metrics, run.directory, generator=torch.Generator().manual_seed(config.seed)
+            )
+    return TrainResult(model=model, metrics=loop.metrics, out_dir=run.directory, test=test)

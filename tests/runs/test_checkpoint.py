@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import json
@@ -23,7 +24,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from kldiv.vae.checkpoint import (
+from kldiv.runs.checkpoint import (
     atomic_write_bytes,
     has_checkpoint,
     load_checkpoint,
@@ -72,15 +73,18 @@ def test_round_trip_restores_weights_and_optimizer_and_training_continues_bit_id
     model = _net()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     _train(model, optimizer, 4)
-    save_checkpoint(tmp_path, model=model, optimizer=optimizer, state={"step": 4, "rng": rng_state()})
+    save_checkpoint(tmp_path, model=model, state={"step": 4, "rng": rng_state(), "optimizer": optimizer.state_dict()})
     saved_params, saved_optimizer = _params(model), copy.deepcopy(optimizer.state_dict())
     _train(model, optimizer, 3)
 
     torch.manual_seed(123)  # another initialization and RNG position, both overwritten by the checkpoint
     fresh = _net()
     fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=1e-2)
-    state = load_checkpoint(tmp_path, model=fresh, optimizer=fresh_optimizer)
+    state = load_checkpoint(tmp_path, model=fresh)
     assert state["step"] == 4
+    optimizer_state = state["optimizer"]
+    assert isinstance(optimizer_state, dict)
+    fresh_optimizer.load_state_dict(optimizer_state)
     for key, value in saved_params.items():
         assert torch.equal(value, fresh.state_dict()[key]), key
     loaded_optimizer = fresh_optimizer.state_dict()
@@ -110,23 +114,23 @@ def test_tied_weights_are_stored_once_and_views_of_buffers_survive(tmp_path: Pat
             self.register_buffer("window", table[2:6])  # overlaps `table`: stored as a copy
 
     model = Tied()
-    save_checkpoint(tmp_path, model=model, optimizer=None, state={})
+    save_checkpoint(tmp_path, model=model, state={})
     (weights,) = tmp_path.glob("*.safetensors")
     assert set(safetensors.torch.load_file(weights)) == {"encoder.weight", "table", "window"}
     copy = Tied()
-    load_checkpoint(tmp_path, model=copy, optimizer=None)
+    load_checkpoint(tmp_path, model=copy)
     assert copy.decoder.weight is copy.encoder.weight
     for key, value in model.state_dict().items():
         assert torch.equal(value, copy.state_dict()[key]), key
 
 
 def test_map_location_places_the_state_tensors(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={"buffer": torch.ones(3)})
-    state = load_checkpoint(tmp_path, model=_linear(), optimizer=None, map_location="meta")
+    save_checkpoint(tmp_path, model=_linear(), state={"buffer": torch.ones(3)})
+    state = load_checkpoint(tmp_path, model=_linear(), map_location="meta")
     buffer = state["buffer"]
     assert isinstance(buffer, torch.Tensor)
     assert buffer.device.type == "meta"
-    state = load_checkpoint(tmp_path, model=_linear(), optimizer=None, map_location=torch.device("cpu"))
+    state = load_checkpoint(tmp_path, model=_linear(), map_location=torch.device("cpu"))
     assert isinstance(state["buffer"], torch.Tensor)
     assert torch.equal(state["buffer"], torch.ones(3))
 
@@ -145,11 +149,11 @@ def test_rng_state_replays_python_numpy_and_torch_draws(tmp_path: Path) -> None:
     np.random.standard_normal()  # noqa: NPY002
     model, generator = _linear(), torch.Generator().manual_seed(7)
     saved = rng_state()
-    save_checkpoint(tmp_path, model=model, optimizer=None, state={"rng": saved, "gen": generator.get_state()})
+    save_checkpoint(tmp_path, model=model, state={"rng": saved, "gen": generator.get_state()})
     first = _draws()
     from_generator = torch.rand(5, generator=generator)
 
-    state = load_checkpoint(tmp_path, model=model, optimizer=None)  # through weights_only loading
+    state = load_checkpoint(tmp_path, model=model)  # through weights_only loading
     rng, generator_state = state["rng"], state["gen"]
     assert isinstance(rng, dict)
     assert isinstance(generator_state, torch.Tensor)
@@ -188,8 +192,8 @@ def test_state_of_every_allowed_type_round_trips(tmp_path: Path) -> None:
         "nested": {"history": [1.0, 2.0], "pair": (torch.arange(3), {"k": [torch.ones(1, dtype=torch.uint8)]})},
         7: "int key",
     }
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state=state)
-    loaded = load_checkpoint(tmp_path, model=_linear(), optimizer=None)
+    save_checkpoint(tmp_path, model=_linear(), state=state)
+    loaded = load_checkpoint(tmp_path, model=_linear())
     nested = loaded.pop("nested")
     assert loaded == {k: v for k, v in state.items() if k != "nested"}
     assert isinstance(nested, dict)
@@ -217,7 +221,7 @@ def test_state_that_weights_only_cannot_restore_is_refused_naming_the_key(
     tmp_path: Path, state: dict[str, object], where: str, kind: str
 ) -> None:
     with pytest.raises(TypeError, match="weights_only") as error:
-        save_checkpoint(tmp_path / "run", model=_linear(), optimizer=None, state=state)
+        save_checkpoint(tmp_path / "run", model=_linear(), state=state)
     assert where in str(error.value)
     assert kind in str(error.value)
     assert not (tmp_path / "run").exists()  # refused before anything is written
@@ -238,19 +242,19 @@ class _Evil:
 
 
 def test_state_file_with_a_pickled_object_is_refused_not_executed(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={"step": 1})
+    save_checkpoint(tmp_path, model=_linear(), state={"step": 1})
     manifest_path = tmp_path / "last.json"
     manifest = json.loads(manifest_path.read_text())
     state_file = tmp_path / manifest["files"]["state"]["file"]
     marker = tmp_path / "marker"
     buffer = io.BytesIO()
-    torch.save({"format_version": 1, "optimizer": None, "state": {"step": _Evil(marker)}}, buffer)
+    torch.save({"format_version": 2, "state": {"step": _Evil(marker)}}, buffer)
     state_file.write_bytes(buffer.getvalue())
     manifest["files"]["state"].update(size=len(buffer.getvalue()), sha256=hashlib.sha256(buffer.getvalue()).hexdigest())
     manifest_path.write_text(json.dumps(manifest))  # a consistent manifest: only weights_only stands in the way
 
     with pytest.raises(ValueError, match="weights_only") as error:
-        load_checkpoint(tmp_path, model=_linear(), optimizer=None)
+        load_checkpoint(tmp_path, model=_linear())
     assert str(state_file) in str(error.value)
     assert not marker.exists()
     torch.load(state_file, weights_only=False)  # the file really is dangerous to unpickle
@@ -270,45 +274,27 @@ def test_state_file_with_a_pickled_object_is_refused_not_executed(tmp_path: Path
 def test_model_that_does_not_fit_is_refused_naming_the_keys(
     tmp_path: Path, other: Callable[[], nn.Module], messages: list[str]
 ) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={})
+    save_checkpoint(tmp_path, model=_linear(), state={})
     model = other()
     before = _params(model)
     with pytest.raises(ValueError, match="does not fit the model") as error:
-        load_checkpoint(tmp_path, model=model, optimizer=None)
+        load_checkpoint(tmp_path, model=model)
     for message in messages:
         assert message in str(error.value)
     for key, value in before.items():
         assert torch.equal(value, model.state_dict()[key])
 
 
-def test_optimizer_that_does_not_fit_is_refused_and_the_model_untouched(tmp_path: Path) -> None:
-    model = _linear(fill=1.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    save_checkpoint(tmp_path, model=model, optimizer=optimizer, state={})
-    fresh = _linear(fill=0.0)
-    two_groups = torch.optim.SGD([{"params": [fresh.weight]}, {"params": [fresh.bias]}], lr=0.1)
-    with pytest.raises(ValueError, match="optimizer state does not fit"):
-        load_checkpoint(tmp_path, model=fresh, optimizer=two_groups)
-    assert bool((fresh.weight == 0).all())
-
-
-def test_checkpoint_saved_without_optimizer_refuses_to_load_one(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={})
-    model = _linear()
-    with pytest.raises(ValueError, match="without an optimizer"):
-        load_checkpoint(tmp_path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-
-
 def test_missing_checkpoint_and_bad_names(tmp_path: Path) -> None:
     assert not has_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"last\.json"):
-        load_checkpoint(tmp_path, model=_linear(), optimizer=None)
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={})
+        load_checkpoint(tmp_path, model=_linear())
+    save_checkpoint(tmp_path, model=_linear(), state={})
     assert has_checkpoint(tmp_path)
     assert not has_checkpoint(tmp_path, "best")
     for name in ("", "../up", "a/b", ".hidden", "-dash"):
         with pytest.raises(ValueError, match="file name stem"):
-            save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={}, name=name)
+            save_checkpoint(tmp_path, model=_linear(), state={}, name=name)
 
 
 # ------------------------------------------------------------------------------------------ atomicity, crashes
@@ -330,11 +316,46 @@ def test_atomic_write_keeps_the_old_content_when_the_rename_fails(
     assert _files(tmp_path) == {"file.bin"}  # the temporary file is gone
 
 
+def test_atomic_write_names_the_target_not_its_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "x.png"
+    with pytest.raises(FileNotFoundError) as error:
+        atomic_write_bytes(target, b"data")
+    assert error.value.filename == str(target)
+    assert ".tmp" not in str(error.value)
+
+
+@pytest.mark.parametrize("failing_write", [1, 2, 3], ids=["weights", "state", "manifest"])
+def test_save_on_a_full_disk_removes_what_it_wrote_and_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_write: int
+) -> None:
+    save_checkpoint(tmp_path, model=_linear(fill=1.0), state={"step": 1})
+    before = _files(tmp_path)
+    fsync, calls = os.fsync, []
+
+    def full(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == failing_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left") as error:
+        save_checkpoint(tmp_path, model=_linear(fill=2.0), state={"step": 2})
+    monkeypatch.undo()
+    assert error.value.errno == errno.ENOSPC
+    assert _files(tmp_path) == before  # no orphaned data or temporary files block a retry
+    model = _linear(fill=0.0)
+    assert load_checkpoint(tmp_path, model=model) == {"step": 1}
+    assert bool((model.weight == 1.0).all())
+    save_checkpoint(tmp_path, model=_linear(fill=3.0), state={"step": 3})  # the retry on the same disk
+    assert load_checkpoint(tmp_path, model=model) == {"step": 3}
+
+
 @pytest.mark.parametrize("failing_replace", [1, 2, 3], ids=["weights", "state", "manifest"])
 def test_save_interrupted_at_any_rename_keeps_the_previous_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing_replace: int
 ) -> None:
-    save_checkpoint(tmp_path, model=_linear(fill=1.0), optimizer=None, state={"step": 1})
+    save_checkpoint(tmp_path, model=_linear(fill=1.0), state={"step": 1})
     replace, calls = os.replace, []
 
     def flaky(src: str, dst: str) -> None:
@@ -345,25 +366,25 @@ def test_save_interrupted_at_any_rename_keeps_the_previous_checkpoint(
 
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(OSError, match="killed here"):
-        save_checkpoint(tmp_path, model=_linear(fill=2.0), optimizer=None, state={"step": 2})
+        save_checkpoint(tmp_path, model=_linear(fill=2.0), state={"step": 2})
     monkeypatch.undo()
 
     model = _linear(fill=0.0)
-    assert load_checkpoint(tmp_path, model=model, optimizer=None) == {"step": 1}
+    assert load_checkpoint(tmp_path, model=model) == {"step": 1}
     assert bool((model.weight == 1.0).all())
-    manifest = save_checkpoint(tmp_path, model=_linear(fill=3.0), optimizer=None, state={"step": 3})
+    manifest = save_checkpoint(tmp_path, model=_linear(fill=3.0), state={"step": 3})
     generation = json.loads(manifest.read_text())["generation"]
     assert _files(tmp_path) == {"last.json", f"last-{generation}.safetensors", f"last-{generation}.state.pt"}
-    assert load_checkpoint(tmp_path, model=model, optimizer=None) == {"step": 3}
+    assert load_checkpoint(tmp_path, model=model) == {"step": 3}
     assert bool((model.weight == 3.0).all())
 
 
 def test_save_removes_leftovers_of_its_name_only(tmp_path: Path) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={}, name="best")
+    save_checkpoint(tmp_path, model=_linear(), state={}, name="best")
     for leftover in ("last-7.state.pt", "last-2.safetensors", ".last-8.safetensors.0123abcd.tmp", ".last.json.9f.tmp"):
         (tmp_path / leftover).write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("mine")
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={})
+    save_checkpoint(tmp_path, model=_linear(), state={})
     assert _files(tmp_path) == {
         "best.json",
         "best-1.safetensors",
@@ -373,7 +394,7 @@ def test_save_removes_leftovers_of_its_name_only(tmp_path: Path) -> None:
         "last-8.state.pt",
         "notes.txt",
     }
-    load_checkpoint(tmp_path, model=_linear(), optimizer=None, name="best")
+    load_checkpoint(tmp_path, model=_linear(), name="best")
 
 
 def _truncate(path: Path) -> None:
@@ -395,12 +416,12 @@ def _flip_bit(path: Path) -> None:
 def test_damaged_file_is_detected_by_the_manifest_naming_it(
     tmp_path: Path, corrupt: Callable[[Path], None], message: str, suffix: str
 ) -> None:
-    save_checkpoint(tmp_path, model=_linear(fill=1.0), optimizer=None, state={"step": 1})
+    save_checkpoint(tmp_path, model=_linear(fill=1.0), state={"step": 1})
     (path,) = tmp_path.glob(f"last-*{suffix}")
     corrupt(path)
     model = _linear(fill=0.0)
     with pytest.raises(ValueError, match=message) as error:
-        load_checkpoint(tmp_path, model=model, optimizer=None)
+        load_checkpoint(tmp_path, model=model)
     assert str(path) in str(error.value)
     assert bool((model.weight == 0.0).all())  # nothing was loaded
 
@@ -418,18 +439,18 @@ def test_damaged_file_is_detected_by_the_manifest_naming_it(
     ids=["not-json", "newer-version", "path-outside"],
 )
 def test_damaged_manifest_is_refused(tmp_path: Path, edit: Callable[[dict[str, object]], str], message: str) -> None:
-    save_checkpoint(tmp_path, model=_linear(), optimizer=None, state={})
+    save_checkpoint(tmp_path, model=_linear(), state={})
     manifest = tmp_path / "last.json"
     manifest.write_text(edit(json.loads(manifest.read_text())))
     with pytest.raises(ValueError, match=message) as error:
-        load_checkpoint(tmp_path, model=_linear(), optimizer=None)
+        load_checkpoint(tmp_path, model=_linear())
     assert str(manifest) in str(error.value)
 
 
 _SAVER = r"""
 import sys, torch
 from torch import nn
-from kldiv.vae.checkpoint import save_checkpoint
+from kldiv.runs.checkpoint import save_checkpoint
 
 model = nn.Linear(1000, 2000)  # 8 MB of weights per save
 payload = torch.empty(250_000)  # 1 MB of state
@@ -440,7 +461,7 @@ while True:
         model.weight.fill_(step)
         model.bias.fill_(-step)
     payload.fill_(step)
-    save_checkpoint(sys.argv[1], model=model, optimizer=None, state={"step": step, "payload": payload})
+    save_checkpoint(sys.argv[1], model=model, state={"step": step, "payload": payload})
     print(step, flush=True)
 """
 
@@ -477,7 +498,7 @@ def test_sigkill_during_saves_leaves_a_consistent_checkpoint(tmp_path: Path) -> 
         assert child.returncode == -signal.SIGKILL
         completed = int(out.split()[-1]) if out.split() else 1  # the last save that returned before the kill
         model = nn.Linear(1000, 2000)
-        state = load_checkpoint(directory, model=model, optimizer=None)
+        state = load_checkpoint(directory, model=model)
         step = state["step"]
         assert step in (completed, completed + 1), f"killed after {delay:.3f} s: step {step}, completed {completed}"
         assert bool((model.weight == step).all())
@@ -485,6 +506,6 @@ def test_sigkill_during_saves_leaves_a_consistent_checkpoint(tmp_path: Path) -> 
         payload = state["payload"]
         assert isinstance(payload, torch.Tensor)
         assert bool((payload == step).all())
-        manifest = save_checkpoint(directory, model=model, optimizer=None, state=state)  # the resumed run saves
+        manifest = save_checkpoint(directory, model=model, state=state)  # the resumed run saves
         generation = json.loads(manifest.read_text())["generation"]
         assert _files(directory) == {"last.json", f"last-{generation}.safetensors", f"last-{generation}.state.pt"}

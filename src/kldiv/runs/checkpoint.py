@@ -1,20 +1,23 @@
-"""Checkpoints for training runs: weights in safetensors, the rest loaded with ``weights_only=True``, atomic saves.
+"""Checkpoint files: weights in safetensors, the rest loaded with ``weights_only=True``, atomic saves.
 
-A checkpoint named ``name`` in ``directory`` is three files::
+This is the storage layer of :mod:`kldiv.runs`; training code uses :class:`kldiv.runs.TrainingLoop`, which decides
+what goes into a checkpoint. A checkpoint named ``name`` in ``directory`` is three files::
 
     {name}-{generation}.safetensors   model.state_dict() (safetensors; tied tensors stored once)
-    {name}-{generation}.state.pt      {"format_version", "optimizer": optimizer.state_dict() | None, "state": state}
+    {name}-{generation}.state.pt      {"format_version", "state": state}
     {name}.json                       the manifest: format version, generation, and both file names, sizes, sha256
 
 ``generation`` counts the saves of ``name`` (1, 2, ...). A save writes the two data files under the new
 generation's names, each to a temporary file that is flushed, ``fsync``-ed and renamed with ``os.replace``
 (then the directory is ``fsync``-ed); only then is the manifest replaced the same way, and finally the files of
-older generations (and temporary files left by an interrupted save) are deleted.
+older generations (and temporary files left by an interrupted save) are deleted. A save that fails (a full disk,
+say) removes what it wrote and leaves the previous checkpoint as it was.
 
 Guarantee: the manifest is the only thing that names the current checkpoint and it is replaced atomically after
 both data files are durable, so a process killed at any moment (SIGKILL, an exception, a power loss on a file
 system that honours ``fsync``) leaves ``{name}.json`` pointing at either the previous complete checkpoint or the
-new complete one, never a mix; the next save removes the leftovers. One writer per ``(directory, name)``.
+new complete one, never a mix; the next save removes the leftovers. One writer per directory (the run layer
+holds a lock on it).
 
 Loading reads the manifest, checks the size and sha256 of both files before deserializing anything (a missing,
 truncated or altered file is a ``ValueError`` naming it), checks the model's keys and shapes against the file,
@@ -37,6 +40,7 @@ import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 FORMAT = "kldiv.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _ALIASES = "kldiv.aliases"  # safetensors metadata key: {dropped name: kept name} for tied tensors
@@ -56,26 +60,32 @@ _CONTAINERS = (list, tuple, set, dict, OrderedDict)
 # ---------------------------------------------------------------------------------------------- atomic writes
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that ``path`` holds either its old content or all of ``data``, never a part.
 
     The bytes go to a temporary file in the same directory, which is flushed, ``fsync``-ed and renamed over
     ``path`` with ``os.replace``; then the directory is ``fsync``-ed so the rename itself is durable. On an
-    exception the temporary file is removed (a SIGKILL leaves it behind: ``.{name}.<random>.tmp``).
+    exception the temporary file is removed (a SIGKILL leaves it behind: ``.{name}.<random>.tmp``). An
+    ``OSError`` names ``path`` (not the temporary file).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_directory(path.parent)
+    except OSError as e:
+        if e.errno is None or e.filename == str(path):
+            raise
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -95,29 +105,26 @@ def save_checkpoint(
     directory: str | Path,
     *,
     model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
     state: dict[str, object],
     name: str = "last",
 ) -> Path:
-    """Save ``model``'s weights, ``optimizer``'s state and ``state`` as checkpoint ``name``; return the manifest path.
+    """Save ``model``'s weights and ``state`` as checkpoint ``name``; return the manifest path.
 
-    ``state`` holds whatever else a resume needs (step, epoch, metrics, :func:`rng_state`, a schedule's
-    position, ``generator.get_state()`` of each ``torch.Generator``, ...) in types that
-    ``torch.load(weights_only=True)`` restores; anything else is a ``TypeError`` naming the key, raised before
-    any file is written. ``directory`` is created if needed. See the module docstring for the crash guarantee.
+    ``state`` holds whatever else a resume needs (optimizer state dicts, step, epoch, metrics, :func:`rng_state`,
+    ``generator.get_state()`` of each ``torch.Generator``, ...) in types that ``torch.load(weights_only=True)``
+    restores; anything else is a ``TypeError`` naming the key, raised before any file is written. ``directory``
+    is created if needed. A save that fails (``OSError``: a full disk, say) removes the files it wrote; the
+    previous checkpoint stays complete. See the module docstring for the crash guarantee.
     """
     directory = Path(directory)
     _check_name(name)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {_type_name(state)}")
     _check_weights_only(state, "state")
-    optimizer_state = None if optimizer is None else optimizer.state_dict()
-    if optimizer_state is not None:
-        _check_weights_only(optimizer_state, "optimizer.state_dict()")
     tensors, aliases = _weights_to_save(model)
     weights = _to_bytes(safetensors.torch.save(tensors, metadata={"format": "pt", _ALIASES: json.dumps(aliases)}))
     buffer = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, "optimizer": optimizer_state, "state": state}, buffer)
+    torch.save({"format_version": FORMAT_VERSION, "state": state}, buffer)
     payload = buffer.getvalue()
 
     if not directory.exists():
@@ -127,35 +134,50 @@ def save_checkpoint(
     files = {"weights": f"{name}-{generation}.safetensors", "state": f"{name}-{generation}.state.pt"}
     manifest: dict[str, object] = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "generation": generation}
     entries: dict[str, object] = {}
-    for role, data in (("weights", weights), ("state", payload)):
-        atomic_write_bytes(directory / files[role], data)
-        entries[role] = {"file": files[role], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest["files"] = entries
     manifest_path = directory / f"{name}.json"
-    atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
-    _remove_stale_files(directory, name, keep=set(files.values()))
+    try:
+        for role, data in (("weights", weights), ("state", payload)):
+            atomic_write_bytes(directory / files[role], data)
+            entries[role] = {"file": files[role], "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        manifest["files"] = entries
+        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    except BaseException:
+        if _manifest_generation(manifest_path) != generation:  # the manifest still names the previous files
+            for file in files.values():
+                (directory / file).unlink(missing_ok=True)
+        raise
+    remove_stale_files(directory, name, keep=set(files.values()))
     return manifest_path
 
 
-def load_checkpoint(
-    directory: str | Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    name: str = "last",
-    map_location: str | torch.device = "cpu",
-) -> dict[str, object]:
-    """Load checkpoint ``name`` into ``model`` (and ``optimizer``) in place and return the saved ``state``.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read from disk and verified against its manifest, not yet applied to a model."""
 
-    Both files are checked against the manifest's sizes and sha256 before anything is deserialized, and the
-    model's keys and shapes against the weights before anything is copied: on any error the model and the
-    optimizer are untouched. The weights are copied into the model's parameters wherever they live (dtypes are
-    cast by ``copy_``); ``map_location`` places the tensors of ``state`` and of the optimizer state (which the
-    optimizer then moves to its parameters' devices). ``optimizer=None`` skips the optimizer state.
+    weights: dict[str, Tensor]
+    state: dict[str, object]
+    weights_path: Path
+    state_path: Path
 
-    Raises ``FileNotFoundError`` when there is no checkpoint ``name``, ``ValueError`` naming the file when a
-    file is missing, corrupt, holds objects that ``weights_only`` loading refuses, or does not fit the model or
-    the optimizer.
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise one ``ValueError`` naming the weights file and every missing key, unexpected key and bad shape."""
+        _check_fits(model, self.weights, self.weights_path)
+
+    def load_into(self, model: nn.Module) -> None:
+        """Copy the weights into ``model``'s parameters and buffers (checked first: on an error it is untouched)."""
+        self.check_fits(model)
+        model.load_state_dict(self.weights, strict=True)
+
+
+def read_checkpoint(
+    directory: str | Path, *, name: str = "last", map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Read checkpoint ``name`` of ``directory``, verified against the manifest's sizes and sha256 before anything
+    is deserialized.
+
+    ``map_location`` places the tensors of the state. Raises ``FileNotFoundError`` when there is no checkpoint
+    ``name``, ``ValueError`` naming the file when a file is missing, corrupt, or holds objects that
+    ``weights_only`` loading refuses.
     """
     directory = Path(directory)
     _check_name(name)
@@ -168,7 +190,6 @@ def load_checkpoint(
         for role, (file, size, digest) in files.items()
     }
     weights_path, state_path = directory / files["weights"][0], directory / files["state"][0]
-
     tensors = _load_weights(data["weights"], weights_path)
     try:
         payload = torch.load(io.BytesIO(data["state"]), map_location=map_location, weights_only=True)
@@ -181,24 +202,32 @@ def load_checkpoint(
         ) from e
     except RuntimeError as e:  # not a torch.save archive
         raise ValueError(f"{state_path}: not a readable torch.save file ({e})") from e
-    if not (isinstance(payload, dict) and {"format_version", "optimizer", "state"} <= payload.keys()):
+    if not (isinstance(payload, dict) and payload.keys() == {"format_version", "state"}):
+        raise ValueError(f"{state_path}: expected a dict with keys format_version and state, got {_describe(payload)}")
+    if payload["format_version"] != FORMAT_VERSION:
         raise ValueError(
-            f"{state_path}: expected a dict with keys format_version, optimizer, state; got {_type_name(payload)}"
+            f"{state_path}: state format version {payload['format_version']!r}, this kldiv reads {FORMAT_VERSION}"
         )
     if not isinstance(payload["state"], dict):
         raise ValueError(f"{state_path}: expected state to be a dict, got {_type_name(payload['state'])}")
+    return Checkpoint(weights=tensors, state=payload["state"], weights_path=weights_path, state_path=state_path)
 
-    _check_fits(model, tensors, weights_path)
-    if optimizer is not None:
-        if payload["optimizer"] is None:
-            raise ValueError(f"{state_path}: the checkpoint was saved without an optimizer; pass optimizer=None")
-        try:
-            optimizer.load_state_dict(payload["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{state_path}: the optimizer state does not fit the optimizer: {e}") from e
-    model.load_state_dict(tensors, strict=True)
-    state: dict[str, object] = payload["state"]
-    return state
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    model: nn.Module,
+    name: str = "last",
+    map_location: str | torch.device = "cpu",
+) -> dict[str, object]:
+    """Load checkpoint ``name`` into ``model`` in place and return the saved ``state``.
+
+    Everything is verified before the model is touched (see :func:`read_checkpoint`, :meth:`Checkpoint.load_into`):
+    on any error the model is as it was.
+    """
+    checkpoint = read_checkpoint(directory, name=name, map_location=map_location)
+    checkpoint.load_into(model)
+    return checkpoint.state
 
 
 def has_checkpoint(directory: str | Path, name: str = "last") -> bool:
@@ -219,12 +248,37 @@ def _next_generation(directory: Path, name: str) -> int:
     """One more than any generation of ``name`` on disk or in its manifest: never overwrites the current files."""
     pattern = re.compile(rf"{re.escape(name)}-(\d+)\.(?:safetensors|state\.pt)")
     generations = [int(m.group(1)) for p in directory.iterdir() if (m := pattern.fullmatch(p.name))]
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # an unreadable manifest has no say
-        generations.append(int(json.loads((directory / f"{name}.json").read_text())["generation"]))
-    return max(generations, default=0) + 1
+    current = _manifest_generation(directory / f"{name}.json")  # an unreadable manifest has no say
+    return max([*generations, current or 0]) + 1
 
 
-def _remove_stale_files(directory: Path, name: str, keep: set[str]) -> None:
+def _manifest_generation(path: Path) -> int | None:
+    """The generation a manifest names, or None when there is none to read."""
+    try:
+        generation = json.loads(path.read_text())["generation"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return generation if isinstance(generation, int) else None
+
+
+def clean_interrupted_saves(directory: str | Path, name: str = "last") -> None:
+    """Delete what interrupted saves of ``name`` left behind (temporary files, data files no manifest names).
+
+    Only for the directory's one writer; a manifest that cannot be read protects every data file.
+    """
+    directory = Path(directory)
+    _check_name(name)
+    manifest_path = directory / f"{name}.json"
+    keep: set[str] = set()
+    if manifest_path.exists():
+        try:
+            keep = {file for file, _, _ in _read_manifest(manifest_path).values()}
+        except (OSError, ValueError):
+            return
+    remove_stale_files(directory, name, keep=keep)
+
+
+def remove_stale_files(directory: Path, name: str, keep: set[str]) -> None:
     """Delete the data files of other generations of ``name`` and the temporary files of interrupted saves."""
     stem = re.escape(name)
     data = re.compile(rf"{stem}-\d+\.(?:safetensors|state\.pt)")
@@ -369,6 +423,12 @@ def _check_weights_only(value: object, path: str) -> None:
         "(torch.from_numpy(array), generator.get_state() for a torch.Generator), numbers, strings, bytes, None, "
         "torch.dtype / torch.device / torch.Size, or lists, tuples, sets and dicts of them"
     )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, dict):
+        return "a dict with keys " + ", ".join(sorted(map(repr, value))) if value else "an empty dict"
+    return _type_name(value)
 
 
 def _type_name(value: object) -> str:

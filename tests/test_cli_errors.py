@@ -1,0 +1,141 @@
+"""Every command with bad values: one `error:` line naming the option, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import kldiv
+from kldiv.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A trained run, a file, a directory that holds no run, and a missing path."""
+    root = tmp_path_factory.mktemp("cli")
+    run = root / "run"
+    result = runner.invoke(app, ["vae", "train", "--epochs", "1", "--z-dim", "2", "--no-progress", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    (root / "file.txt").write_text("not a directory")
+    (root / "notes").mkdir()
+    (root / "notes" / "a.txt").write_text("mine")
+    return {"run": run, "file": root / "file.txt", "notes": root / "notes", "missing": root / "missing", "root": root}
+
+
+# (arguments with {run}/{file}/{notes}/{missing}/{root} placeholders, text the error line must contain)
+CASES: list[tuple[list[str], str]] = [
+    # kldiv divergence
+    (["divergence", "0.4,abc", "0.3,0.7"], "entry 1 is 'abc'"),
+    (["divergence", "0.4,0.6"], "expected two vectors"),
+    (["divergence", "0.4,0.6", "0.3,0.7", "--base", "-1"], "base"),
+    (["divergence", "0.4,0.6", "0.3,0.7", "--base", "nan"], "base"),
+    (["divergence", "0.4,0.5", "0.3,0.7"], "sum"),
+    # kldiv tour
+    (["tour", "--out", "{file}"], "{file}"),
+    # kldiv vae train
+    (["vae", "train", "--epochs", "0"], "--epochs"),
+    (["vae", "train", "--epochs", "x"], "--epochs"),
+    (["vae", "train", "--batch-size", "0"], "--batch-size"),
+    (["vae", "train", "--z-dim", "-3"], "--z-dim"),
+    (["vae", "train", "--lr", "0"], "--lr"),
+    (["vae", "train", "--lr", "nan"], "--lr"),
+    (["vae", "train", "--lr", "inf"], "--lr"),
+    (["vae", "train", "--beta", "-1"], "--beta"),
+    (["vae", "train", "--free-bits", "-0.5"], "--free-bits"),
+    (["vae", "train", "--schedule", "sometimes"], "--schedule"),
+    (["vae", "train", "--schedule", "linear:1e308"], "--schedule"),
+    (["vae", "train", "--schedule", "cyclical:0:0.5"], "--schedule"),
+    (["vae", "train", "--schedule", "cyclical:2:7"], "--schedule"),
+    (["vae", "train", "--seed", "-1"], "--seed"),
+    (["vae", "train", "--seed", "18446744073709551616"], "--seed"),
+    (["vae", "train", "--val-size", "-1"], "--val-size"),
+    (["vae", "train", "--val-size", "100000"], "--val-size"),
+    (["vae", "train", "--dataset", "cifar"], "--dataset"),
+    (["vae", "train", "--model", "resnet"], "--model"),
+    (["vae", "train", "--likelihood", "poisson"], "--likelihood"),
+    (["vae", "train", "--dataset", "mnist", "--data-dir", "{missing}"], "--data-dir"),
+    (["vae", "train", "--checkpoint-steps", "-1"], "--checkpoint-steps"),
+    (["vae", "train", "--out", "{file}"], "--out"),
+    (["vae", "train", "--out", "{run}"], "--resume"),
+    (["vae", "train", "--out", "{notes}"], "holds no kldiv run"),
+    (["vae", "train", "--out", "{notes}", "--overwrite"], "holds no kldiv run"),
+    (["vae", "train", "--out", "{missing}", "--resume"], "nothing to resume"),
+    (["vae", "train", "--out", "{run}", "--resume", "--overwrite"], "--overwrite"),
+    (["vae", "train", "--out", "{missing}", "--allow-change", "lr"], "--allow-change"),
+    (["vae", "train", "--out", "{run}", "--resume", "--allow-change", "momentum"], "--allow-change"),
+    (["vae", "train", "--out", "{run}", "--resume", "--batch-size", "64"], "--batch-size 128 -> 64"),
+    (["vae", "train", "--no-such-option"], "--no-such-option"),
+    # kldiv vae eval
+    (["vae", "eval", "--run", "{run}", "--iwae-k", "-5"], "--iwae-k"),
+    (["vae", "eval", "--run", "{run}", "--limit", "-1"], "--limit"),
+    (["vae", "eval", "--run", "{run}", "--seed", "-1"], "--seed"),
+    (["vae", "eval", "--run", "{missing}"], "holds no kldiv run"),
+    (["vae", "eval", "--run", "{notes}"], "holds no kldiv run"),
+    (["vae", "eval", "--run", "{file}"], "holds no kldiv run"),
+    # kldiv vae sample
+    (["vae", "sample", "--run", "{run}", "-n", "0"], "-n"),
+    (["vae", "sample", "--run", "{run}", "-o", "{missing}/dir/x.png"], "--out"),
+    (["vae", "sample", "--run", "{run}", "-o", "{notes}"], "--out"),
+    (["vae", "sample", "--run", "{missing}"], "holds no kldiv run"),
+    # kldiv vae sweep
+    (["vae", "sweep", "--beta", "-1"], "--beta"),
+    (["vae", "sweep", "--beta", "nan"], "--beta"),
+    (["vae", "sweep", "--beta", "1", "x"], "--beta"),
+    (["vae", "sweep"], "--beta"),
+    (["vae", "sweep", "--beta", "1", "--epochs", "0"], "--epochs"),
+    (["vae", "sweep", "--beta", "1", "--out", "{file}"], "--out"),
+]
+
+
+def _fill(args: list[str], places: dict[str, Path]) -> list[str]:
+    return [arg.format(**{k: str(v) for k, v in places.items()}) for arg in args]
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.name != "run.lock"}
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_a_bad_value_is_one_error_line_naming_the_option_and_exit_2(
+    places: dict[str, Path], args: list[str], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(places["root"])  # default outputs (runs/...) land here, where they are checked
+    before = _listing(places["root"])
+    result = runner.invoke(app, _fill(args, places))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), result.output
+    assert _fill([expected], places)[0] in lines[0]
+    assert "Traceback" not in result.output
+    assert _listing(places["root"]) == before  # nothing written, nothing deleted
+
+
+def test_the_installed_command_prints_one_line_without_a_traceback(tmp_path: Path) -> None:
+    src = str(Path(kldiv.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src}
+    for args in (["vae", "eval", "--iwae-k", "-5", "--run", str(tmp_path)], ["vae", "train", "--seed", "x"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "kldiv", *args], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert result.returncode == 2
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith("error: ")
+
+
+def test_version_and_a_plain_divergence() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"kldiv {kldiv.__version__}"
+    result = runner.invoke(app, ["divergence", "0.4,0.5,0.1", "0.3,0.4,0.3"])
+    assert result.exit_code == 0, result.output
+    assert "KL(P||Q)  0.116783375771" in result.output  # KL by default; `divergence kl P Q` still works
+    assert runner.invoke(app, ["divergence", "kl", "0.4,0.5,0.1", "0.3,0.4,0.3"]).output == result.output
