@@ -292,3 +292,41 @@ def test_cli_resume_takes_the_runs_options_and_refuses_a_change(tmp_path: Path) 
     assert overwritten.exit_code == 0, overwritten.output
     assert not (run / "eval.json").exists()
     assert [e["event"] for e in read_run(run).history] == ["start"]
+
+
+def test_a_second_training_process_in_the_same_directory_is_refused_naming_the_first(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kldiv", "vae", "train", "--epochs", "10000", "--no-progress", "--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "last.json").exists() and time.monotonic() < deadline:  # well into training
+            time.sleep(0.05)
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            second = subprocess.run(
+                [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), *extra],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert second.returncode == 2, second.stderr
+            assert f"is in use by pid {first.pid} on" in second.stderr, second.stderr
+            assert second.stderr.count("\n") == 1
+        assert first.poll() is None  # the first writer trains on, its files untouched
+    finally:
+        first.kill()
+        first.wait()
+    resumed = subprocess.run(  # the lock died with its holder
+        [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), "--resume", "--epochs", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr

@@ -1,0 +1,16 @@
+"""Test-session settings: one torch thread per pytest-xdist worker.
+
+`pytest -n 2` runs two workers on a 2-core machine; with torch's default of one thread per core each worker would
+run two, and an OpenMP barrier whose thread has been descheduled stalls every parallel op (100x slower steps
+were measured on a busy machine). Tests that are about thread counts set them explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses the tests start
+    torch.set_num_threads(1)
