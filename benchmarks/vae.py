@@ -1,242 +1,354 @@
-"""Benchmark of issue 5: the seed's VAE on the real MNIST, the tutorial's loop against kldiv's trainer.
+"""The VAE epoch: the tutorial's training loop against what kldiv users run, epoch by epoch, against the floor.
 
-Both train the seed's configuration (MLP 784-400-400-20, sigmoid/Bernoulli decoder, Adam 1e-3, batch 128,
-continuous pixels, BCE summed over pixels + KL) for 20 epochs in the same run:
+Every side trains the tutorial's VAE on the real MNIST (MLP 784-400-400-20, Bernoulli decoder, Adam 1e-3, batch
+128, continuous pixels) in a process of its own, and the sides take turns one epoch at a time, so a machine whose
+speed drifts slows every side alike:
 
-(a) the tutorial's loop as written: a per-item ``Dataset`` (torchvision-style: a PIL image per item, converted by
-    a ``ToTensor``-style function) and a ``DataLoader``, the KL written inline;
-(b) ``kldiv.vae.train`` (in-memory tensors batched by index permutation, kldiv's Gaussian KL, fused Adam, and
-    Adam's subnormal state entries zeroed every 16 steps: :func:`kldiv.vae.train.flush_subnormal_state_`).
+* ``tutorial``: the tutorial's loop as written: torchvision-style MNIST items (PIL image, ``ToTensor``) through a
+  shuffling ``DataLoader``, the tutorial's model, loss and ``.item()`` calls (``benchmarks/_tutorial_vae.py``);
+* ``command``: ``kldiv vae train`` with its defaults (progress bar on, a checkpoint at each epoch end), one epoch
+  per invocation with ``--resume``; its epoch is the ``seconds`` of its metrics row (start-up, data loading and the
+  figures written at the end of each invocation are reported apart, as ``startup``);
+* ``library``: ``kldiv.vae.train`` called in one long-lived process (progress bar on, a checkpoint at each epoch end);
+* ``floor``: the epoch's own work and nothing else, measured on the same machine in the same turn: every matrix
+  product of the 469 steps (forward and backward at the model's shapes) and 469 fused Adam steps over the model's
+  parameters.
 
-(a') is (a) with that subnormal flush added: it separates the share of kldiv's gain that comes from it.
+A round is: floor, tutorial, command, library. Then the same rounds while one competing CPU-bound process runs
+(``--loaded-pairs``). Reported: per-round ratios (each side's epoch over the tutorial's, and over the floor) with
+their median and range, the floor's GEMM rate, and the test -ELBO of each side after its epochs.
 
-Reported: seconds per training epoch (median over epochs), test negative ELBO (nats per image), and for (b) the
-IWAE-5000 bound on the test NLL. Then (c): the same MLP trained with dynamic binarization, its IWAE-5000 NLL next
-to published one-layer VAE figures. Goal: (b)'s epoch time <= 0.5x (a)'s at equal or better test -ELBO.
-
-Run: ``.venv/bin/python -m benchmarks.vae [--data-dir ../shared/data/mnist] [--binarized-epochs 50]``
-(writes ``benchmarks/results/vae.json``; about 15 minutes on 2 cores).
+Run: ``.venv/bin/python -m benchmarks.vae [--data-dir DIR] [--pairs 6] [--loaded-pairs 6]`` (writes
+``benchmarks/results/vae.json``; about 10 minutes quiet, longer loaded). ``--quality`` instead trains with dynamic
+binarization for ``--binarized-epochs`` and reports the IWAE-5000 test NLL next to published one-layer VAE
+figures (``benchmarks/results/vae_quality.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import json
+import os
+import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
 from benchmarks._common import machine, write_json
-from kldiv.data import binarize, load_mnist
-from kldiv.runs import RunOptions, flush_subnormal_state_
-from kldiv.vae.objective import evaluate, iwae_bound
-from kldiv.vae.train import TrainConfig, train
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("KLDIV_DATA", ROOT.parent / "shared" / "data" / "mnist"))
+BATCH = 128
 PUBLISHED = {
     "Burda et al. 2016, VAE 1 stochastic layer, k=5000 eval (IWAE paper, Table 1)": 86.76,
     "pythae benchmark, VAE, 200 importance samples": 89.78,
 }
 
 
-# --- (a) the tutorial's loop, as written ----------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------- workers
 
 
-def _to_tensor(pic: Image.Image) -> Tensor:
-    """torchvision's ToTensor for a mode-"L" PIL image: bytes -> (1, H, W) float in [0, 1]."""
-    arr = torch.from_numpy(np.array(pic, np.uint8, copy=True))
-    return arr.view(pic.size[1], pic.size[0], 1).permute(2, 0, 1).contiguous().float().div(255)
+def _reply(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
 
 
-class TutorialMNIST(Dataset[tuple[Tensor, int]]):
-    """torchvision.datasets.MNIST's item path: uint8 array -> PIL image -> ToTensor, one item at a time."""
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        img = Image.fromarray(self.images[i].numpy(), mode="L")
-        return _to_tensor(img), int(self.labels[i])
+def _serve(run_epoch: Any, finish: Any) -> None:
+    """Answer 'epoch' with one epoch's figures and 'finish' with the final ones, until stdin closes."""
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "epoch":
+            _reply(run_epoch())
+        elif command == "finish":
+            _reply(finish())
+            return
 
 
-class TutorialVAE(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(784, 400)
-        self.fc2 = nn.Linear(400, 400)
-        self.fc_mu = nn.Linear(400, 20)
-        self.fc_logvar = nn.Linear(400, 20)
-        self.fc3 = nn.Linear(20, 400)
-        self.fc4 = nn.Linear(400, 400)
-        self.fc5 = nn.Linear(400, 784)
+def tutorial_worker(data_dir: Path) -> None:
+    from benchmarks._tutorial_vae import TutorialTrainer
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        h = F.relu(self.fc2(F.relu(self.fc1(x.view(-1, 784)))))
-        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return torch.sigmoid(self.fc5(F.relu(self.fc4(F.relu(self.fc3(z)))))), mu, logvar
+    trainer = TutorialTrainer(data_dir)
+    _serve(trainer.epoch, lambda: {"test_neg_elbo": trainer.test_neg_elbo()})
 
 
-def tutorial_loss(recon: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    bce = F.binary_cross_entropy(recon, x.view(-1, 784), reduction="sum")
-    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-    return bce + kld
+def library_worker(data_dir: Path, out: Path) -> None:
+    from kldiv.data import load_mnist
+    from kldiv.runs import RunOptions
+    from kldiv.vae.train import TrainConfig, train
 
-
-def run_tutorial(data_dir: Path, epochs: int, *, flush_subnormals: bool = False) -> dict[str, Any]:
-    torch.manual_seed(0)
-    data = load_mnist(
-        data_dir
-    )  # the raw uint8 pixels back (exact: they were divided by 255), as torchvision holds them
-    images, labels = (data.train[:, 0] * 255).round().to(torch.uint8), data.train_labels
-    test_images, test_labels = (data.test[:, 0] * 255).round().to(torch.uint8), data.test_labels
-    train_loader = DataLoader(TutorialMNIST(images, labels), batch_size=128, shuffle=True)
-    test_loader = DataLoader(TutorialMNIST(test_images, test_labels), batch_size=128)
-    model = TutorialVAE()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    seconds, test_losses, steps = [], [], 0
-    for _ in range(epochs):
-        model.train()
-        start = time.perf_counter()
-        for x, _ in train_loader:
-            optimizer.zero_grad()
-            recon, mu, logvar = model(x)
-            loss = tutorial_loss(recon, x, mu, logvar)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            if flush_subnormals and steps % 16 == 0:
-                flush_subnormal_state_(optimizer)
-        seconds.append(time.perf_counter() - start)
-        model.eval()
-        total = 0.0
-        with torch.no_grad():
-            for x, _ in test_loader:
-                recon, mu, logvar = model(x)
-                total += float(tutorial_loss(recon, x, mu, logvar))
-        test_losses.append(total / len(test_images))
-        print(f"  tutorial epoch {len(seconds)}: {seconds[-1]:.2f} s, test -ELBO {test_losses[-1]:.2f}", flush=True)
-    return {"seconds_per_epoch": seconds, "test_neg_elbo_per_epoch": test_losses}
-
-
-# --- (b), (c) kldiv ------------------------------------------------------------------------------------------
-
-
-def run_kldiv(
-    data_dir: Path, epochs: int, out: Path, *, binarized: bool, iwae_k: int, iwae_images: int
-) -> dict[str, Any]:
     data = load_mnist(data_dir)
-    config = TrainConfig(
-        dataset="mnist",
-        data_dir=str(data_dir),
-        epochs=epochs,
-        batch_size=128,
-        lr=1e-3,
-        binarize=binarized,
-        figures=False,
-        eval_batch_size=2000,
+    config = TrainConfig(dataset="mnist", data_dir=str(data_dir), epochs=1, figures=False)
+    state: dict[str, Any] = {"epochs": 0, "result": None}
+
+    def epoch() -> dict[str, Any]:
+        state["epochs"] += 1
+        options = RunOptions(out=out, resume=state["epochs"] > 1, progress=True)
+        start = time.perf_counter()
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # the bar is drawn, not shown
+            state["result"] = train(replace(config, epochs=state["epochs"]), options, data=data)
+        call = time.perf_counter() - start
+        seconds = state["result"].metrics[-1]["seconds"]
+        return {"seconds": seconds, "startup": call - seconds}
+
+    _serve(epoch, lambda: {"test_neg_elbo": -state["result"].test.elbo})
+
+
+def floor_worker() -> None:
+    from benchmarks._vae_floor import EpochFloor
+
+    floor = EpochFloor(batch=BATCH, examples=60_000)
+    _serve(floor.measure, lambda: {"gflop_per_epoch": floor.gflop})
+
+
+# ---------------------------------------------------------------------------------------------- controller
+
+
+class Worker:
+    """A side that lives in its own process and trains one epoch when asked."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name = name
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.vae", "--worker", name, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+
+    def ask(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} worker died (exit code {self.proc.wait()})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Command:
+    """``kldiv vae train`` as users run it, one epoch per invocation (``--resume`` after the first)."""
+
+    def __init__(self, data_dir: Path, out: Path) -> None:
+        self.data_dir, self.out, self.epochs, self.test_neg_elbo = data_dir, out, 0, float("nan")
+
+    def epoch(self) -> dict[str, Any]:
+        self.epochs += 1
+        args = ["--dataset", "mnist", "--data-dir", str(self.data_dir), "--out", str(self.out)]
+        args += ["--epochs", str(self.epochs), *(["--resume"] if self.epochs > 1 else [])]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        start = time.perf_counter()
+        with tempfile.TemporaryFile("w+") as bar:  # the progress bar is drawn into a file, as into a terminal
+            done = subprocess.run(
+                [sys.executable, "-m", "kldiv", "vae", "train", *args],
+                stdout=subprocess.PIPE,
+                stderr=bar,
+                text=True,
+                env=env,
+                check=False,
+            )
+            if done.returncode:
+                bar.seek(0)
+                raise RuntimeError(f"kldiv vae train failed: {bar.read()[-2000:]}")
+        call = time.perf_counter() - start
+        with open(self.out / "metrics.csv") as f:
+            seconds = float(list(csv.DictReader(f))[-1]["seconds"])
+        match = re.search(r"-ELBO ([0-9.]+) nats", done.stdout)
+        self.test_neg_elbo = float(match.group(1)) if match else float("nan")
+        return {"seconds": seconds, "startup": call - seconds}
+
+
+class Load:
+    """One competing CPU-bound process, paused and resumed between the quiet and the loaded rounds."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        self.pause()
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def compare(data_dir: Path, pairs: int, loaded_pairs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        floor = Worker("floor", [])
+        tutorial = Worker("tutorial", ["--data-dir", str(data_dir)])
+        library = Worker("library", ["--data-dir", str(data_dir), "--out", str(Path(tmp) / "library")])
+        command = Command(data_dir, Path(tmp) / "command")
+        load = Load()
+        rounds: list[dict[str, Any]] = []
+        try:
+            for i in range(pairs + loaded_pairs):
+                loaded = i >= pairs
+                if loaded:
+                    load.resume()
+                row: dict[str, Any] = {"round": i + 1, "loaded": loaded}
+                row["floor"] = floor.ask("epoch")
+                row["tutorial"] = tutorial.ask("epoch")
+                row["command"] = command.epoch()
+                row["library"] = library.ask("epoch")
+                load.pause()
+                rounds.append(row)
+                print(_round_line(row), flush=True)
+            final = {
+                "tutorial": tutorial.ask("finish")["test_neg_elbo"],
+                "library": library.ask("finish")["test_neg_elbo"],
+                "command": command.test_neg_elbo,
+            }
+            gflop = floor.ask("finish")["gflop_per_epoch"]
+        finally:
+            for worker in (floor, tutorial, library):
+                worker.close()
+            load.close()
+    return {"rounds": rounds, "test_neg_elbo": final, "gflop_per_epoch": gflop}
+
+
+def _floor_seconds(row: dict[str, Any]) -> float:
+    return float(row["floor"]["gemm_seconds"] + row["floor"]["adam_seconds"])
+
+
+def _round_line(row: dict[str, Any]) -> str:
+    f = _floor_seconds(row)
+    t, c, lib = (row[k]["seconds"] for k in ("tutorial", "command", "library"))
+    return (
+        f"round {row['round']:2d}{' (loaded)' if row['loaded'] else ''}: floor {f:.2f} s "
+        f"(GEMM {row['floor']['gflops']:.0f} GFLOP/s), tutorial {t:.2f} s, command {c:.2f} s, library {lib:.2f} s; "
+        f"command/tutorial {c / t:.2f}, command/floor {c / f:.2f}"
     )
-    result = train(config, RunOptions(out=out, overwrite=True, progress=False), data=data)
-    for row in result.metrics:
-        print(f"  kldiv epoch {int(row['epoch'])}: {row['seconds']:.2f} s, test -ELBO {-row['eval_elbo']:.2f}")
-    x = data.test[:iwae_images]
-    neg_elbo = -result.test.elbo
-    if binarized:  # a binarized model is evaluated on one fixed binarization of the test set
-        data = replace(data, test=binarize(data.test, torch.Generator().manual_seed(1)))
-        x = data.test[:iwae_images]
-        neg_elbo = -evaluate(result.model, data.test, generator=torch.Generator().manual_seed(2)).elbo
-    start = time.perf_counter()
+
+
+def analyse(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for loaded in (False, True):
+        rows = [r for r in result["rounds"] if r["loaded"] == loaded]
+        if not rows:
+            continue
+        summary: dict[str, Any] = {
+            "rounds": len(rows),
+            "floor_seconds": _summary([_floor_seconds(r) for r in rows]),
+            "gemm_gflops": _summary([r["floor"]["gflops"] for r in rows]),
+        }
+        for side in ("tutorial", "command", "library"):
+            summary[side] = {
+                "seconds": _summary([r[side]["seconds"] for r in rows]),
+                "over_floor": _summary([r[side]["seconds"] / _floor_seconds(r) for r in rows]),
+            }
+            if side != "tutorial":
+                summary[side]["over_tutorial"] = _summary([r[side]["seconds"] / r["tutorial"]["seconds"] for r in rows])
+                summary[side]["startup_seconds"] = _summary([r[side]["startup"] for r in rows])
+        out["loaded" if loaded else "quiet"] = summary
+    return out
+
+
+def _print_table(summary: dict[str, Any], final: dict[str, float]) -> None:
+    for phase, s in summary.items():
+        print(
+            f"\n{phase}: {s['rounds']} rounds; floor {s['floor_seconds']['median']:.2f} s per epoch "
+            f"({s['floor_seconds']['min']:.2f}-{s['floor_seconds']['max']:.2f}); GEMM "
+            f"{s['gemm_gflops']['median']:.0f} GFLOP/s"
+        )
+        print("| side | epoch s (range) | x floor (range) | x tutorial (range) |")
+        print("|---|---|---|---|")
+        for side in ("tutorial", "command", "library"):
+            d = s[side]
+            vs = d.get("over_tutorial")
+            tut = f"{vs['median']:.2f} ({vs['min']:.2f}-{vs['max']:.2f})" if vs else "1"
+            print(
+                f"| {side} | {d['seconds']['median']:.2f} ({d['seconds']['min']:.2f}-{d['seconds']['max']:.2f}) | "
+                f"{d['over_floor']['median']:.2f} ({d['over_floor']['min']:.2f}-{d['over_floor']['max']:.2f}) | "
+                f"{tut} |"
+            )
+    print("\ntest -ELBO after all rounds: " + ", ".join(f"{k} {v:.2f}" for k, v in final.items()))
+
+
+# ------------------------------------------------------------------------------------------------ quality
+
+
+def quality(data_dir: Path, epochs: int, iwae_k: int, iwae_images: int) -> dict[str, Any]:
+    """The MLP trained with dynamic binarization; its IWAE-k NLL on one fixed binarization of the test set."""
+    from kldiv.data import binarize, load_mnist
+    from kldiv.runs import RunOptions
+    from kldiv.vae.objective import evaluate, iwae_bound
+    from kldiv.vae.train import TrainConfig, train
+
+    data = load_mnist(data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(dataset="mnist", epochs=epochs, binarize=True, figures=False, eval_batch_size=2000)
+        result = train(config, RunOptions(out=Path(tmp) / "run", progress=True), data=data)
+    test = binarize(data.test, torch.Generator().manual_seed(1))
+    x = test[:iwae_images]
     bound = iwae_bound(result.model, x, k=iwae_k, generator=torch.Generator().manual_seed(3), progress=True)
     return {
-        "seconds_per_epoch": [row["seconds"] for row in result.metrics],
-        "test_neg_elbo_per_epoch": [-row["eval_elbo"] for row in result.metrics],
-        "test_neg_elbo": neg_elbo,
+        "epochs": epochs,
+        "test_neg_elbo": -evaluate(result.model, test, generator=torch.Generator().manual_seed(2)).elbo,
         f"iwae_{iwae_k}_nll": -float(bound.mean()),
         "iwae_nll_stderr": float(bound.std() / bound.numel() ** 0.5),
         "iwae_images": int(x.shape[0]),
-        "iwae_seconds": time.perf_counter() - start,
-        "active_units": result.test.active_units,
+        "published_nll": PUBLISHED,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MNIST IDX files (default: $KLDIV_DATA)")
+    parser.add_argument("--pairs", type=int, default=6, help="quiet rounds (one epoch of every side each)")
+    parser.add_argument("--loaded-pairs", type=int, default=6, help="rounds beside one competing CPU-bound process")
+    parser.add_argument("--quality", action="store_true", help="the binarized IWAE-k quality run instead")
     parser.add_argument("--binarized-epochs", type=int, default=50)
     parser.add_argument("--iwae-k", type=int, default=5000)
-    parser.add_argument("--iwae-images", type=int, default=10_000, help="first N test images for the IWAE bound")
+    parser.add_argument("--iwae-images", type=int, default=10_000)
+    parser.add_argument("--worker", choices=["tutorial", "library", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "tutorial":
+        return tutorial_worker(args.data_dir)
+    if args.worker == "library":
+        return library_worker(args.data_dir, args.out)
+    if args.worker == "floor":
+        return floor_worker()
     if not args.data_dir.is_dir():
-        raise SystemExit(f"MNIST not found at {args.data_dir}; pass --data-dir")
-    print(f"(a) tutorial loop, {args.epochs} epochs", flush=True)
-    tutorial = run_tutorial(args.data_dir, args.epochs)
-    print(f"(a') the tutorial loop with kldiv's subnormal flush of Adam's state, {args.epochs} epochs", flush=True)
-    tutorial_flushed = run_tutorial(args.data_dir, args.epochs, flush_subnormals=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        print(f"(b) kldiv, {args.epochs} epochs", flush=True)
-        ours = run_kldiv(
-            args.data_dir,
-            args.epochs,
-            Path(tmp) / "b",
-            binarized=False,
-            iwae_k=args.iwae_k,
-            iwae_images=args.iwae_images,
-        )
-        print(f"(c) kldiv, dynamic binarization, {args.binarized_epochs} epochs", flush=True)
-        binarized = run_kldiv(
-            args.data_dir,
-            args.binarized_epochs,
-            Path(tmp) / "c",
-            binarized=True,
-            iwae_k=args.iwae_k,
-            iwae_images=args.iwae_images,
-        )
-    t_a = statistics.median(tutorial["seconds_per_epoch"])
-    t_b = statistics.median(ours["seconds_per_epoch"])
-    ratio = t_b / t_a
-    elbo_a = tutorial["test_neg_elbo_per_epoch"][-1]
-    elbo_b = ours["test_neg_elbo"]
-    met = ratio <= 0.5 and elbo_b <= elbo_a
-    print(
-        f"epoch time: tutorial {t_a:.2f} s, kldiv {t_b:.2f} s, ratio {ratio:.2f} (goal <= 0.5); test -ELBO after "
-        f"{args.epochs} epochs: tutorial {elbo_a:.2f}, kldiv {elbo_b:.2f}; kldiv IWAE-{args.iwae_k} NLL "
-        f"{ours[f'iwae_{args.iwae_k}_nll']:.2f}; binarized ({args.binarized_epochs} epochs) IWAE NLL "
-        f"{binarized[f'iwae_{args.iwae_k}_nll']:.2f}; goal met: {met}"
-    )
-    write_json(
-        "vae",
-        {
-            "benchmark": "issue 5: seed VAE on MNIST, tutorial loop vs kldiv.vae.train, same run",
-            "goal": "kldiv epoch time <= 0.5x the tutorial loop's, test -ELBO equal or better",
-            "machine": machine(),
-            "epochs": args.epochs,
-            "tutorial": tutorial,
-            "tutorial_flush_subnormals": tutorial_flushed,
-            "kldiv": ours,
-            "kldiv_binarized": {**binarized, "epochs": args.binarized_epochs},
-            "median_epoch_seconds": {
-                "tutorial": t_a,
-                "tutorial_flush_subnormals": statistics.median(tutorial_flushed["seconds_per_epoch"]),
-                "kldiv": t_b,
-            },
-            "time_ratio": ratio,
-            "goal_met": met,
-            "published_nll": PUBLISHED,
-        },
-    )
+        raise SystemExit(f"MNIST not found at {args.data_dir}; pass --data-dir or set KLDIV_DATA")
+    if args.quality:
+        figures = quality(args.data_dir, args.binarized_epochs, args.iwae_k, args.iwae_images)
+        print(json.dumps(figures, indent=2))
+        write_json("vae_quality", {"machine": machine(), **figures})
+        return None
+    result = compare(args.data_dir, args.pairs, args.loaded_pairs)
+    summary = analyse(result)
+    _print_table(summary, result["test_neg_elbo"])
+    path = write_json("vae", {"machine": machine(), "summary": summary, **result})
+    print(f"wrote {path}")
+    return None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from kldiv.cli._common import fail
+from kldiv.cli._common import console, fail
 from kldiv.report import Context, Section, Table, format_cell, tour_sections, write_report
 
 
@@ -79,10 +79,10 @@ def tour(
     report = tour_lib.make_report(sections)
     out.mkdir(parents=True, exist_ok=True)
     index = write_report(report, out)
-    console = Console()
+    out_console = console()
     for table in report.summary_tables():
-        console.print(_rich_table(table))
-    console.print(
+        out_console.print(_rich_table(table))
+    out_console.print(
         f"Wrote {index} and {out / 'report.md'} ({len(report.figures())} figures) "
         f"in {time.perf_counter() - start:.1f} s."
     )
