@@ -7,19 +7,56 @@ One type per function: ``kldiv.kl(p, q)`` of two distributions is always a tenso
 
 from __future__ import annotations
 
+import math
 from typing import Any, overload
 
+import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 from kldiv import discrete
 from kldiv._array import ArrayInput, NumpyResult
+from kldiv._validate import _first, _fmt, is_validation_enabled
 from kldiv.distributions.mc import Estimator, broadcast_pair, kl_mc
 from kldiv.distributions.registry import check_pair, lookup, torch_lookup
 
 _BOUNDS_ONLY = (
     "Gaussian mixtures have no closed-form KL: kldiv.kl_gaussian_mixture_bounds(p, q) gives lower and upper bounds"
 )
+
+
+def _parameters_at(name: str, d: Distribution, shape: torch.Size, idx: tuple[int, ...]) -> dict[str, float]:
+    """The parameters ``d`` was given (``p.rate``, ...) at batch index ``idx`` of the broadcast ``shape`` (the first
+    non-finite entry of an event-shaped parameter, else its first entry)."""
+    out = {}
+    for k in d.arg_constraints:
+        t = vars(d).get(k)
+        if not isinstance(t, Tensor):
+            continue
+        event = t.shape[len(d.batch_shape) :]
+        at = t.detach().expand(torch.Size([*shape, *event]))[idx].reshape(-1)
+        bad = ~torch.isfinite(at)
+        out[f"{name}.{k}"] = float(at[bad][0] if bool(bad.any()) else at[0])
+    return out
+
+
+def _undefined(p: Distribution, q: Distribution, value: Tensor) -> ValueError:
+    """The error for a NaN value: the infinite parameters behind it, or the parameters the formula failed at."""
+    idx = _first(torch.isnan(value))
+    where = f" at batch index {_fmt(idx)}" if idx else ""
+    pair = f"KL({type(p).__name__} || {type(q).__name__})"
+    shown = {**_parameters_at("p", p, value.shape, idx), **_parameters_at("q", q, value.shape, idx)}
+    infinite = ", ".join(f"{k} = {v:g}" for k, v in shown.items() if not math.isfinite(v))
+    if infinite:
+        return ValueError(
+            f"{pair} is undefined{where} for {infinite}: with an infinite parameter a distribution is degenerate or "
+            "improper and has no density to compare; pass finite parameters"
+        )
+    given = ", ".join(f"{k} = {v:g}" for k, v in shown.items())
+    return ValueError(
+        f"{pair} cannot be evaluated{where} at {given or 'these parameters'}: the formula overflows there; "
+        "kldiv.kl_mc(p, q, n) gives a Monte-Carlo estimate"
+    )
 
 
 def kl_divergence(
@@ -36,7 +73,10 @@ def kl_divergence(
     asked with ``mc_samples=N``, the Monte-Carlo value ``kl_mc(p, q, N).value`` (differentiable through
     reparameterized samples; :func:`kldiv.kl_mc` also gives its standard error). A pair with none of these
     raises ``NotImplementedError`` naming both types; Gaussian mixtures, for which kldiv has bounds but no value,
-    raise it too, pointing to :func:`kldiv.kl_gaussian_mixture_bounds`. Distributions built with
+    raise it too, pointing to :func:`kldiv.kl_gaussian_mixture_bounds`. With validation on, a value that would be
+    NaN raises ``ValueError`` instead: naming the infinite parameters behind it (``Exponential(inf)``,
+    ``Gamma(inf, 1)``, ``Laplace(0, inf)``: degenerate or improper distributions), or the parameters at which the
+    formula overflows. Distributions built with
     ``validate_args=False`` have their parameters checked against torch's own constraints while kldiv's
     validation is on.
     """
@@ -58,6 +98,8 @@ def kl_divergence(
         except NotImplementedError as exc:  # a registered pair that does not cover these parameters
             reasons.append(str(exc))
             continue
+        if is_validation_enabled() and value.numel() and bool(torch.isnan(value).any()):
+            raise _undefined(p, q, value)
         return value
     if mc_samples is not None:
         return kl_mc(p, q, mc_samples, estimator=estimator, seed=seed).value
