@@ -486,3 +486,18 @@ def test_gradient_beyond_the_dtype_range_is_minus_inf_not_nan() -> None:
     assert q.grad[0] == -math.inf
     assert q.grad[1] == 1.0
     assert torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_second_derivatives_of_the_closed_form_gradients(name: str) -> None:
+    # the backward passes are differentiable: gradgradcheck through a softmax (float64)
+    fn, _ = CASES[name]
+    g = torch.Generator().manual_seed(7)
+    theta = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
+    phi = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = fn(torch.softmax(a, -1), torch.softmax(b, -1))
+        return out
+
+    assert torch.autograd.gradgradcheck(f, (theta, phi))

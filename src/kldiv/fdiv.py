@@ -317,11 +317,15 @@ def _f_divergence_gradient(
     """With ``t = p / q``: ``d/dp_i = f'(t_i)`` and ``d/dq_i = f(t_i) - t_i f'(t_i)`` (``f'`` by autograd at ``t``);
     the edge terms give ``f(0)`` (for q, where ``p_i == 0``) and ``f'(inf)`` (for p, where ``q_i == 0``)."""
     both = (p > 0) & (q > 0)
+    create_graph = torch.is_grad_enabled()  # in a backward pass: only when second derivatives are asked for
     with torch.enable_grad():
-        t = torch.where(both, p / torch.where(both, q, 1.0), 1.0).detach().requires_grad_()
+        t = torch.where(both, p / torch.where(both, q, 1.0), 1.0)
+        if not (create_graph and t.requires_grad):
+            t = t.detach().requires_grad_()
         f_t = gen.f(t)
-        (slope,) = torch.autograd.grad(f_t.sum(), t)
-    f_t, t = f_t.detach(), t.detach()
+        (slope,) = torch.autograd.grad(f_t.sum(), t, create_graph=create_graph)
+    if not create_graph:
+        f_t, t = f_t.detach(), t.detach()
     g = g.unsqueeze(d)
     edge_q = torch.where((p == 0) & (q > 0), q.new_tensor(gen.f_at_zero), 0.0)
     edge_p = torch.where((p > 0) & (q == 0), p.new_tensor(gen.slope_at_infinity), 0.0)
@@ -335,7 +339,7 @@ def _f_divergence_gradient(
 def f_divergence_probs(p: Tensor, q: Tensor, gen: FGenerator, d: int) -> Tensor:
     """``sum_i q_i f(p_i / q_i)`` with the exact edge terms of ``gen`` (see :func:`f_divergence`).
 
-    Gradients in closed form (:func:`_f_divergence_gradient`; first derivatives only).
+    Gradients in closed form (:func:`_f_divergence_gradient`).
     """
     return with_gradient(
         lambda a, b: _f_divergence_value(a, b, gen, d),

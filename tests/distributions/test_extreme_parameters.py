@@ -269,3 +269,17 @@ def test_no_pair_returns_nan_at_extreme_parameters(pair: Any) -> None:
                     continue
                 assert not torch.isnan(value).any(), f"{pair.name}: {side} parameter {i} = {special}: NaN"
     assert checked
+
+
+def test_bernoulli_and_poisson_gradients_at_tiny_q_are_exact() -> None:
+    # log_ratio carries its derivative (1/p, -1/q): no p/q**2 in the count families either
+    from kldiv.distributions.counts import kl_poisson
+
+    q = torch.tensor([1e-30], requires_grad=True)
+    kldiv.kl_bernoulli(torch.tensor([0.5]), q).sum().backward()
+    assert q.grad is not None
+    torch.testing.assert_close(q.grad, torch.tensor([-0.5e30 + 0.5 / (1 - 1e-30)]), rtol=1e-6, atol=0.0)
+    rate = torch.tensor([1e-30], requires_grad=True)
+    kl_poisson(torch.tensor([0.5]), rate).sum().backward()
+    assert rate.grad is not None
+    torch.testing.assert_close(rate.grad, torch.tensor([1 - 0.5e30]), rtol=1e-6, atol=0.0)
