@@ -79,6 +79,23 @@ def ratio_minus_one(p: Tensor, q: Tensor) -> Tensor:
     return torch.where(pos, (p - q) / torch.where(pos, q, 1.0), torch.where(p > 0, INF, -1.0))
 
 
+def ratio_and_log(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+    """``(p / q, log(p / q))`` where ``p > 0`` (arbitrary elsewhere), for gradients: one division and one log, and
+    ``log p - log q`` where the ratio underflows to a subnormal or overflows (``+inf`` where ``q == 0 < p``).
+
+    ``log(p/q)`` has an absolute error of a few eps (``eps (|log p| + |log q|)`` on the fallback), enough for
+    gradients, whose terms are O(1); :func:`log_ratio` is the accurate one for values.
+    """
+    support = p > 0
+    ps, qs = torch.where(support, p, 1.0), torch.where(support, q, 1.0)
+    ratio = ps / qs
+    x = torch.log(ratio)
+    far = ~(ratio >= torch.finfo(p.dtype).tiny) | (ratio == INF)
+    if bool(far.any()):
+        x = torch.where(far, torch.log(torch.where(far, ps, 1.0)) - torch.log(torch.where(far, qs, 1.0)), x)
+    return ratio, x
+
+
 def _log_ratio_gradient(g: Tensor, x: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     """``d log(p/q) = dp / p - dq / q`` on the support ``p > 0`` (0 elsewhere, where the value is the constant 0)."""
     support = p > 0

@@ -32,6 +32,7 @@ from kldiv._numerics import (
     kl_terms_from_log_ratio,
     log_ratio,
     log_softmax,
+    ratio_and_log,
     ratio_minus_one,
     refine_rows,
     support_log_terms,
@@ -75,12 +76,12 @@ def _rel_entr_sum(p: Tensor, q: Tensor, d: int) -> Tensor:
     return torch.nansum(torch.div(p, q).log_().mul_(p), d)
 
 
-def _normalizer_q_gradient(g: Tensor, p: Tensor, q: Tensor, d: int) -> Tensor:
+def _normalizer_q_gradient(g: Tensor, p: Tensor, q: Tensor, ratio: Tensor, d: int) -> Tensor:
     """``g d/dq_i [-sum_k p_k log q_k / S_p + log S_q] = g ((S_p - S_q) / (S_p S_q) - (p_i / q_i - 1) / S_p)``:
-    the q-gradient of both KL(P||Q) and H(P, Q) for ``g`` with the event dim ``d`` kept (1 where
-    ``p_i == 0``: ``p_i / q_i`` is 0 there)."""
+    the q-gradient of both KL(P||Q) and H(P, Q) for ``g`` with the event dim ``d`` kept, from ``ratio = p / q``
+    on the support ``p > 0`` (``p_i / q_i`` is 0 elsewhere)."""
     s_p, s_q = p.sum(d, keepdim=True), q.sum(d, keepdim=True)
-    return g * ((s_p - s_q) / (s_p * s_q) - ratio_minus_one(p, q) / s_p)
+    return g * ((s_p - s_q) / (s_p * s_q) - torch.where(p > 0, ratio - 1.0, -1.0) / s_p)
 
 
 def _kl_probs_rows(p: Tensor, q: Tensor) -> Tensor:
@@ -110,9 +111,9 @@ def _kl_probs_gradient(g: Tensor, value: Tensor, p: Tensor, q: Tensor, d: int) -
     The q-gradient is :func:`_normalizer_q_gradient`."""
     g = g.unsqueeze(d)
     s_p, s_q = p.sum(d, keepdim=True), q.sum(d, keepdim=True)
-    x = torch.where(p > 0, log_ratio(p, q), -1.0)
+    ratio, x = ratio_and_log(p, q)
     a = value.unsqueeze(d) - torch.log(s_q / s_p)
-    return g * (x - a) / s_p, _normalizer_q_gradient(g, p, q, d)
+    return g * (torch.where(p > 0, x, -1.0) - a) / s_p, _normalizer_q_gradient(g, p, q, ratio, d)
 
 
 def kl_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
@@ -200,9 +201,11 @@ def _cross_entropy_probs_gradient(g: Tensor, value: Tensor, p: Tensor, q: Tensor
     ``p_i == 0``); the q-gradient is :func:`_normalizer_q_gradient`."""
     g = g.unsqueeze(d)
     support = p > 0
-    minus_log_q = torch.where(support, -torch.log(torch.where(support, q, 1.0)), 0.0)
+    qs = torch.where(support, q, 1.0)
+    minus_log_q = torch.where(support, -torch.log(qs), 0.0)
     b = value.unsqueeze(d) - torch.log(q.sum(d, keepdim=True))
-    return g * (minus_log_q - b) / p.sum(d, keepdim=True), _normalizer_q_gradient(g, p, q, d)
+    ratio = torch.where(support, p, 1.0) / qs
+    return g * (minus_log_q - b) / p.sum(d, keepdim=True), _normalizer_q_gradient(g, p, q, ratio, d)
 
 
 def cross_entropy_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
