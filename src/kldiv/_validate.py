@@ -43,9 +43,23 @@ def validation(enabled: bool) -> Iterator[None]:
         set_validation(previous)
 
 
-def sum_tolerance(dtype: torch.dtype) -> float:
-    """Largest accepted ``|sum(p) - 1|`` for probabilities stored in ``dtype``: ``sqrt(eps)``."""
-    return math.sqrt(torch.finfo(dtype).eps)
+_EPS32 = torch.finfo(torch.float32).eps
+
+
+def sum_tolerance(dtype: torch.dtype, n: int = 1) -> float:
+    """Largest accepted ``|sum(p) - 1|`` for ``n`` probabilities stored in ``dtype``:
+    ``max(sqrt(eps(dtype)), sqrt(eps32), n eps32 / 100)`` (float64: 3.5e-4 up to 2.9e5 entries).
+
+    Why: the check is there to catch counts, unnormalized weights or the wrong ``dim`` (sums off by O(1)),
+    never to reject rounding. Data is often float32-rounded before it reaches a float64 array or tensor (a
+    float32 softmax cast to float64, a float32 file), and that origin cannot be detected after the cast, so
+    every dtype at least as wide as float32 accepts float32's ``sqrt(eps32) = 3.5e-4``; narrower dtypes keep
+    their own ``sqrt(eps)`` (float16 0.031, bfloat16 0.088). A float32 softmax's normalizer drifts with the row
+    length (measured ``|sum - 1|``: 2e-6 at 32000 entries, 1.7e-4 at 1e6, 2.4e-3 at 1e7, about n eps32 / 500),
+    so long rows get ``n eps32 / 100``, five times that drift. The divergences are computed for ``p / sum(p)``,
+    so an accepted deviation never makes a value negative.
+    """
+    return max(math.sqrt(torch.finfo(dtype).eps), math.sqrt(_EPS32), n * _EPS32 / 100)
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
@@ -117,7 +131,7 @@ def _probs_violation(x: Tensor, dim: int, storage: torch.dtype, normalized: bool
         return torch.zeros((), dtype=x.dtype, device=x.device)
     sums = x.sum(dim)
     if normalized:
-        deviation = (sums - 1).abs().amax() - sum_tolerance(storage)
+        deviation = (sums - 1).abs().amax() - sum_tolerance(storage, x.shape[dim])
     else:
         deviation = torch.where((sums > 0) & (sums < math.inf), -1.0, 1.0).amax()
     return torch.maximum(-x.amin(), deviation)
@@ -132,23 +146,33 @@ def _diagnose_probs(name: str, x: Tensor, dim: int, storage: torch.dtype, normal
     if bool(torch.isinf(x).any()):
         raise ValueError(f"{_where_text(name, x, dim, torch.isinf(x))}; probabilities must be finite")
     sums = x.sum(dim)
-    tol = sum_tolerance(storage)
+    tol = sum_tolerance(storage, x.shape[dim])
     bad_sum = ~((sums - 1).abs() <= tol) if normalized else ~((sums > 0) & (sums < math.inf))
     if not bool(bad_sum.any()):
         return
     row = _first(bad_sum)
     total = sums[row].item()
-    where = f" (the row at batch index {_fmt(row)})" if row else ""
+    where = _row_text(row)
     if not normalized:
         raise ValueError(
-            f"{name}{where} sums to {total!r}; counts to normalize must have a positive, finite sum "
-            f"(in {str(storage).removeprefix('torch.')})"
+            f"{name}{where} sums to {total!r} along dim {dim - x.dim()}; with normalize=True every row must have a "
+            "positive, finite sum"
         )
     raise ValueError(
-        f"{name}{where} sums to {total!r} along dim {dim - x.dim()}, not 1 "
-        f"(tolerance {tol:.2g} for {str(storage).removeprefix('torch.')}); "
-        "pass normalize=True to normalize counts or weights"
+        f"{name}{where} sums to {total!r} along dim {dim - x.dim()}, {abs(total - 1):.2g} away from 1, beyond the "
+        f"tolerance {tol:.2g} for {x.shape[dim]} entries in {_dtype_name(storage)} (which admits float32 rounding); "
+        f"pass normalize=True to divide it by its sum, or renormalize it first (divide by its sum along dim "
+        f"{dim - x.dim()})"
     )
+
+
+def _row_text(row: tuple[int, ...]) -> str:
+    """`` (the row at batch index (i, j))`` for a batch, nothing for a single distribution."""
+    return f" (the row at batch index {_fmt(row)})" if row else ""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def check_log_space(name: str, x: Tensor, dim: int, storage: torch.dtype, *, log_probs: bool) -> None:
@@ -159,9 +183,10 @@ def check_log_space(name: str, x: Tensor, dim: int, storage: torch.dtype, *, log
     if not _enabled or x.numel() == 0:
         return
     top = x.amax(dim)
+    tol = sum_tolerance(storage, x.shape[dim])
     ok = bool(torch.isfinite(top).all())
     if ok and log_probs:
-        ok = bool(((torch.logsumexp(x, dim)).abs() <= sum_tolerance(storage)).all())
+        ok = bool(((torch.logsumexp(x, dim)).abs() <= tol).all())
     if ok:
         return
     if bool(torch.isnan(x).any()):
@@ -170,14 +195,15 @@ def check_log_space(name: str, x: Tensor, dim: int, storage: torch.dtype, *, log
         raise ValueError(f"{_where_text(name, x, dim, x == math.inf)}; +inf is not allowed")
     if bool((top == -math.inf).any()):
         row = _first(top == -math.inf)
-        raise ValueError(f"{name} is -inf everywhere in the row at batch index {_fmt(row)}: that is not a distribution")
-    if bool((x > sum_tolerance(storage)).any()):
-        raise ValueError(f"{_where_text(name, x, dim, x > sum_tolerance(storage))}; log-probabilities must be <= 0")
+        in_row = f" in the row at batch index {_fmt(row)}" if row else ""
+        raise ValueError(f"{name} is -inf everywhere along dim {dim - x.dim()}{in_row}: that is not a distribution")
+    if bool((x > tol).any()):
+        raise ValueError(f"{_where_text(name, x, dim, x > tol)}; log-probabilities must be <= 0")
     lse = torch.logsumexp(x, dim)
-    row = _first(lse.abs() > sum_tolerance(storage))
+    row = _first(lse.abs() > tol)
     raise ValueError(
-        f"{name} is not normalized along dim {dim - x.dim()}: logsumexp of the row at batch index {_fmt(row)} "
-        f"is {lse[row].item()!r}, not 0; pass logits to the *_from_logits function instead"
+        f"{name}{_row_text(row)} is not normalized along dim {dim - x.dim()}: its logsumexp is {lse[row].item()!r}, "
+        f"beyond the tolerance {tol:.2g} of 0; pass logits to the *_from_logits function instead"
     )
 
 
@@ -198,14 +224,17 @@ def check_scalar(
         else:
             raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    interval = f"{lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{hi}"
-    if math.isnan(v) or (math.isinf(v) and not allow_inf):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {v}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be in {interval}, got {v}")
-    if high is not None and (v > high or (high_open and v == high)):
+    # an unbounded side is open at infinity unless infinity is allowed
+    lo = f"{'(' if low_open else '['}{low}" if low is not None else f"{'[' if allow_inf else '('}-inf"
+    hi = f"{high}{')' if high_open else ']'}" if high is not None else f"inf{']' if allow_inf else ')'}"
+    interval = f"{lo}, {hi}"
+    if math.isnan(v):
+        raise ValueError(f"{name} must be a number in {interval}, got nan")
+    if math.isinf(v) and not allow_inf:
+        raise ValueError(f"{name} must be finite, in {interval}, got {v}")
+    if (low is not None and (v < low or (low_open and v == low))) or (
+        high is not None and (v > high or (high_open and v == high))
+    ):
         raise ValueError(f"{name} must be in {interval}, got {v}")
     return v
 

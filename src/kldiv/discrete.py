@@ -6,7 +6,10 @@ other dimensions broadcast. NumPy in gives NumPy float64 out; a tensor in gives 
 
 Semantics (exact, as ``scipy.special.rel_entr``): ``0 log(0/q) = 0`` for any ``q >= 0``; ``p > 0 = q`` gives
 +inf. In log space, a ``-inf`` logit of P contributes 0 and a ``-inf`` logit of Q where P > 0 gives +inf.
-Gradients are finite wherever the value is finite; the gradient w.r.t. a zero probability is 0.
+Gradients are finite wherever the value is finite; the gradient w.r.t. a zero probability is 0. For
+probabilities they are evaluated in closed form (``d/dq_i KL = -p_i / q_i`` up to the normalization), never
+through ``p / q**2``, so a tiny ``q`` (down to the smallest subnormal) gets its exact gradient; where that
+gradient exceeds the dtype's range (``-p/q`` with ``q`` subnormal and ``p`` near 1) it is -inf, never NaN.
 
 Accuracy: a fast pass computes ``sum p log(p/q)``; where it may have lost relative accuracy (a value below
 about 3e-3, see ``_KAPPA``) the row is recomputed as ``sum q phi(log(p/q)) + sum(p - q)`` with
@@ -29,8 +32,11 @@ from kldiv._numerics import (
     kl_terms_from_log_ratio,
     log_ratio,
     log_softmax,
+    ratio_and_log,
+    ratio_minus_one,
     refine_rows,
     support_log_terms,
+    with_gradient,
     x_minus_log1p,
 )
 from kldiv._validate import check_base, check_scalar, prepare_log, prepare_probs, temper
@@ -63,19 +69,19 @@ def _needs_refinement(value: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _needs_grad(*tensors: Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _rel_entr_sum(p: Tensor, q: Tensor, d: int) -> Tensor:
-    """``sum p log(p/q)`` along ``d`` (the fast pass): terms 0 where ``p == 0``, +inf where ``q == 0 < p``."""
-    if _needs_grad(p, q):
-        support = p > 0
-        ps = torch.where(support, p, 1.0)
-        qs = torch.where(support, q, 1.0)
-        return torch.where(support, ps * torch.log(ps / qs), 0.0).sum(d)
+    """``sum p log(p/q)`` along ``d`` (the fast pass, values only): terms 0 where ``p == 0``, +inf where
+    ``q == 0 < p``."""
     # One temporary, in place: for valid input NaN arises only where p == 0 (0 * -inf, 0/0), whose term is 0.
     return torch.nansum(torch.div(p, q).log_().mul_(p), d)
+
+
+def _normalizer_q_gradient(g: Tensor, p: Tensor, q: Tensor, ratio: Tensor, d: int) -> Tensor:
+    """``g d/dq_i [-sum_k p_k log q_k / S_p + log S_q] = g ((S_p - S_q) / (S_p S_q) - (p_i / q_i - 1) / S_p)``:
+    the q-gradient of both KL(P||Q) and H(P, Q) for ``g`` with the event dim ``d`` kept, from ``ratio = p / q``
+    on the support ``p > 0`` (``p_i / q_i`` is 0 elsewhere)."""
+    s_p, s_q = p.sum(d, keepdim=True), q.sum(d, keepdim=True)
+    return g * ((s_p - s_q) / (s_p * s_q) - torch.where(p > 0, ratio - 1.0, -1.0) / s_p)
 
 
 def _kl_probs_rows(p: Tensor, q: Tensor) -> Tensor:
@@ -92,16 +98,34 @@ def _kl_probs_rows(p: Tensor, q: Tensor) -> Tensor:
     return (g / s_p - x_minus_log1p(t)).clamp_min(0.0)
 
 
-def kl_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
-    """KL of the distributions ``p / sum(p)`` and ``q / sum(q)`` along ``d`` (no validation).
-
-    The fast pass ``sum p log(p/q) / S_p + log(S_q / S_p)`` is exact arithmetic on the given values when they
-    sum to 1; values below about 3e-3 are recomputed by the cancellation-free ``_kl_probs_rows``.
-    """
+def _kl_probs_value(p: Tensor, q: Tensor, d: int) -> Tensor:
     s_p, s_q = p.sum(d), q.sum(d)
     value = _rel_entr_sum(p, q, d) / s_p + torch.log(s_q / s_p)
     need = _needs_refinement(value)
     return refine_rows(value, need, d, _kl_probs_rows, p, q)
+
+
+def _kl_probs_gradient(g: Tensor, value: Tensor, p: Tensor, q: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """``d/dp_i = (x_i - A) / S_p`` with ``x_i = log(p_i/q_i)`` and ``A = KL - log(S_q/S_p) = sum p x / S_p``;
+    at ``p_i == 0`` the term ``p_i x_i`` is absent (its one-sided derivative is -inf), so ``x_i + 1`` counts as 0.
+    The q-gradient is :func:`_normalizer_q_gradient`."""
+    g = g.unsqueeze(d)
+    s_p, s_q = p.sum(d, keepdim=True), q.sum(d, keepdim=True)
+    ratio, x = ratio_and_log(p, q)
+    a = value.unsqueeze(d) - torch.log(s_q / s_p)
+    return g * (torch.where(p > 0, x, -1.0) - a) / s_p, _normalizer_q_gradient(g, p, q, ratio, d)
+
+
+def kl_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
+    """KL of the distributions ``p / sum(p)`` and ``q / sum(q)`` along ``d`` (no validation).
+
+    The fast pass ``sum p log(p/q) / S_p + log(S_q / S_p)`` is exact arithmetic on the given values when they
+    sum to 1; values below about 3e-3 are recomputed by the cancellation-free ``_kl_probs_rows``. Gradients in
+    closed form (:func:`_kl_probs_gradient`).
+    """
+    return with_gradient(
+        lambda a, b: _kl_probs_value(a, b, d), lambda g, v, a, b: _kl_probs_gradient(g, v, a, b, d), p, q
+    )
 
 
 def _kl_log_rows(log_p: Tensor, log_q: Tensor, log_ratio_: Tensor) -> Tensor:
@@ -139,12 +163,24 @@ def kl_log(log_p: Tensor, log_q: Tensor, d: int, log_ratio_: Tensor | None = Non
     return refine_rows(value, need, d, _kl_log_rows, log_p, log_q, ratio)
 
 
-def entropy_probs(p: Tensor, d: int) -> Tensor:
-    """H(p / S) = -sum p log p / S + log S along ``d``, ``S = sum p`` (non-negative terms; no validation)."""
+def _entropy_probs_value(p: Tensor, d: int) -> Tensor:
     support = p > 0
     ps = torch.where(support, p, 1.0)
     s = p.sum(d)
     return torch.where(support, -ps * torch.log(ps), 0.0).sum(d) / s + torch.log(s)
+
+
+def _entropy_probs_gradient(g: Tensor, value: Tensor, p: Tensor, d: int) -> tuple[Tensor]:
+    """``d/dp_i = (-log p_i - (H - log S)) / S``; at ``p_i == 0`` the term is absent, so ``-log p_i`` counts as 1."""
+    s = p.sum(d, keepdim=True)
+    support = p > 0
+    minus_log_p = torch.where(support, -torch.log(torch.where(support, p, 1.0)), 1.0)
+    return (g.unsqueeze(d) * (minus_log_p - (value.unsqueeze(d) - torch.log(s))) / s,)
+
+
+def entropy_probs(p: Tensor, d: int) -> Tensor:
+    """H(p / S) = -sum p log p / S + log S along ``d``, ``S = sum p`` (non-negative terms; no validation)."""
+    return with_gradient(lambda a: _entropy_probs_value(a, d), lambda g, v, a: _entropy_probs_gradient(g, v, a, d), p)
 
 
 def entropy_log(log_p: Tensor, d: int) -> Tensor:
@@ -154,12 +190,33 @@ def entropy_log(log_p: Tensor, d: int) -> Tensor:
     return torch.where(support, -torch.exp(lp) * lp, 0.0).sum(d)
 
 
-def cross_entropy_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
-    """H(p / S_p, q / S_q) = -sum p log q / S_p + log S_q along ``d``: 0 where ``p == 0``, +inf where
-    ``q == 0 < p`` (no validation)."""
+def _cross_entropy_probs_value(p: Tensor, q: Tensor, d: int) -> Tensor:
     support = p > 0
     qs = torch.where(support, q, 1.0)
     return torch.where(support, -p * torch.log(qs), 0.0).sum(d) / p.sum(d) + torch.log(q.sum(d))
+
+
+def _cross_entropy_probs_gradient(g: Tensor, value: Tensor, p: Tensor, q: Tensor, d: int) -> tuple[Tensor, Tensor]:
+    """``d/dp_i = (-log q_i - (H - log S_q)) / S_p`` (``-log q_i`` counts as 0 where the term is absent,
+    ``p_i == 0``); the q-gradient is :func:`_normalizer_q_gradient`."""
+    g = g.unsqueeze(d)
+    support = p > 0
+    qs = torch.where(support, q, 1.0)
+    minus_log_q = torch.where(support, -torch.log(qs), 0.0)
+    b = value.unsqueeze(d) - torch.log(q.sum(d, keepdim=True))
+    ratio = torch.where(support, p, 1.0) / qs
+    return g * (minus_log_q - b) / p.sum(d, keepdim=True), _normalizer_q_gradient(g, p, q, ratio, d)
+
+
+def cross_entropy_probs(p: Tensor, q: Tensor, d: int) -> Tensor:
+    """H(p / S_p, q / S_q) = -sum p log q / S_p + log S_q along ``d``: 0 where ``p == 0``, +inf where
+    ``q == 0 < p`` (no validation)."""
+    return with_gradient(
+        lambda a, b: _cross_entropy_probs_value(a, b, d),
+        lambda g, v, a, b: _cross_entropy_probs_gradient(g, v, a, b, d),
+        p,
+        q,
+    )
 
 
 def cross_entropy_log(log_p: Tensor, log_q: Tensor, d: int) -> Tensor:
@@ -201,14 +258,42 @@ def _js_probs_rows(p: Tensor, q: Tensor, w: float) -> Tensor:
     return _js_terms(p, q, m, log_ratio(p, m), log_ratio(q, m), w).sum(-1)
 
 
+def _js_probs_value(p: Tensor, q: Tensor, w: float, d: int) -> Tensor:
+    m = q + w * (p - q)
+    value = w * _rel_entr_sum(p, m, d) + (1.0 - w) * _rel_entr_sum(q, m, d)
+    return refine_rows(value, _needs_refinement(value), d, lambda pr, qr: _js_probs_rows(pr, qr, w), p, q)
+
+
+def _js_probs_gradient(g: Tensor, value: Tensor, p: Tensor, q: Tensor, w: float, d: int) -> tuple[Tensor, Tensor]:
+    """``d/dp_i = w log(p_i / m_i)`` and ``d/dq_i = (1 - w) log(q_i / m_i)`` (the terms through M cancel); an
+    absent term (``p_i == 0 < q_i``) contributes only through M: ``-w``.
+
+    ``log(p/m) = -log1p((1 - w)(q - p)/p)`` does not form M, whose rounding (e.g. of a subnormal entry) would
+    change the ratio; where ``(q - p)/p`` overflows, M is ``(1 - w) q`` to full accuracy and ``log(p) - log(m)``
+    is used.
+    """
+    g = g.unsqueeze(d)
+    m = q + w * (p - q)
+
+    def slope(a: Tensor, b: Tensor, c: float) -> Tensor:
+        support = a > 0
+        r = ratio_minus_one(b, torch.where(support, a, 1.0))
+        far = torch.isinf(r)
+        near = -torch.log1p(c * torch.where(far, 0.0, r))
+        x = torch.where(far, log_ratio(torch.where(far, a, 1.0), torch.where(far, m, 1.0)), near)
+        return torch.where(support, x, torch.where(b > 0, -1.0, 0.0))
+
+    return g * w * slope(p, q, 1.0 - w), g * (1.0 - w) * slope(q, p, w)
+
+
 def js_probs(p: Tensor, q: Tensor, w: float, d: int) -> Tensor:
     """``w KL(P||M) + (1 - w) KL(Q||M)``, ``M = w P + (1 - w) Q`` (no validation). 0 for ``w`` in {0, 1}."""
     if w in (0.0, 1.0):
         return (0.0 * p).sum(d) if w == 1.0 else (0.0 * q).sum(d)
     p, q = p / p.sum(d, keepdim=True), q / q.sum(d, keepdim=True)
-    m = q + w * (p - q)
-    value = w * _rel_entr_sum(p, m, d) + (1.0 - w) * _rel_entr_sum(q, m, d)
-    return refine_rows(value, _needs_refinement(value), d, lambda pr, qr: _js_probs_rows(pr, qr, w), p, q)
+    return with_gradient(
+        lambda a, b: _js_probs_value(a, b, w, d), lambda g, v, a, b: _js_probs_gradient(g, v, a, b, w, d), p, q
+    )
 
 
 def _js_log_rows(log_p: Tensor, log_q: Tensor, w: float) -> Tensor:

@@ -93,15 +93,25 @@ def test_torch_pairs_are_reachable_through_kldiv() -> None:
 
 
 def test_missing_pair_raises_naming_both_types_and_the_monte_carlo_option() -> None:
-    with pytest.raises(NotImplementedError, match=r"KL\(_Base \|\| _Base\).*mc_samples"):
+    with pytest.raises(NotImplementedError, match=r"KL\(_Base \|\| _Base\).*kldiv\.kl_mc.*mc_samples"):
         kldiv.kl(_Base(), _Base())
 
 
-def test_monte_carlo_only_when_asked() -> None:
-    p, q = Normal(torch.tensor(0.0), torch.tensor(1.0)), Normal(torch.tensor(0.5), torch.tensor(1.5))
-    est = kldiv.kl(p, q, method="mc", mc_samples=1000, seed=0)
+def test_monte_carlo_value_only_when_asked_and_always_a_tensor() -> None:
+    from torch.distributions import Cauchy, Laplace
+
+    p, q = Laplace(torch.tensor(0.0), torch.tensor(1.0)), Cauchy(torch.tensor(0.5), torch.tensor(1.5))
+    assert lookup(Laplace, Cauchy) is None
+    assert registry.torch_lookup(Laplace, Cauchy) is None
+    with pytest.raises(NotImplementedError, match=r"KL\(Laplace \|\| Cauchy\)"):
+        kldiv.kl(p, q)
+    value = kldiv.kl(p, q, mc_samples=1000, seed=0)
+    assert isinstance(value, torch.Tensor)
+    assert value.shape == ()
+    est = kldiv.kl_mc(p, q, 1000, seed=0)
     assert isinstance(est, Estimate)
     assert est.n == 1000
+    torch.testing.assert_close(value, est.value)
 
 
 def test_different_event_shapes_raise() -> None:
@@ -161,7 +171,7 @@ def test_disjoint_real_line_and_positive_supports_give_inf() -> None:
     assert bool(torch.isinf(value).all())
 
 
-def test_mixture_bounds_carry_the_monte_carlo_estimate_when_asked() -> None:
+def test_kl_of_gaussian_mixtures_raises_pointing_to_the_bounds_or_returns_the_asked_monte_carlo_value() -> None:
     from torch.distributions import Categorical, MixtureSameFamily
 
     def mix(shift: float) -> MixtureSameFamily:
@@ -169,7 +179,12 @@ def test_mixture_bounds_carry_the_monte_carlo_estimate_when_asked() -> None:
             Categorical(torch.tensor([0.3, 0.7])), Normal(torch.tensor([0.0, 2.0]) + shift, torch.tensor([1.0, 0.5]))
         )
 
-    result = kldiv.kl(mix(0.0), mix(0.5), mc_samples=20_000, seed=0)
+    with pytest.raises(NotImplementedError, match=r"kldiv\.kl_gaussian_mixture_bounds\(p, q\)"):
+        kldiv.kl(mix(0.0), mix(0.5))
+    value = kldiv.kl(mix(0.0), mix(0.5), mc_samples=20_000, seed=0)
+    assert isinstance(value, torch.Tensor)
+    result = kldiv.kl_gaussian_mixture_bounds(mix(0.0), mix(0.5), mc_samples=20_000, seed=0)
     assert result.mc is not None
+    torch.testing.assert_close(value, result.mc.value)
     assert float(result.lower) <= float(result.mc.value) + 5 * float(result.mc.stderr)
     assert float(result.mc.value) - 5 * float(result.mc.stderr) <= float(result.upper)

@@ -71,6 +71,9 @@ _BREGMAN_DIRECT_LOSS = 1000.0  # the series is used where the direct form would 
 _BREGMAN_MAX_TERMS = 18  # series terms n = 2..18: truncation < 0.1**17 relative
 _BREGMAN_SERIES_MIN_X = 1e-6  # below this polygamma of high order overflows; the direct form is used
 _FACTORIALS = tuple(float(math.factorial(n)) for n in range(_BREGMAN_MAX_TERMS + 1))
+_BREGMAN_STIRLING_FROM = 1e5  # min(x, x + h) from which the Stirling form is exact to eps (next term ~ x^-4)
+# (1 + r) log1p(r) - r = sum_{n>=2} (-1)^n r^n / (n (n - 1)); terms n = 2..18 for |r| < 0.1 (truncation < 1e-17)
+_XLOG1P_SERIES = tuple((-1.0) ** n / (n * (n - 1)) for n in range(2, 19))
 
 
 def _polygamma(n: int, x: Tensor) -> Tensor:
@@ -100,17 +103,46 @@ def _bregman_series(x_in: Tensor, h_in: Tensor) -> Tensor:
     return acc.to(x_in.dtype)
 
 
-def lgamma_bregman(x: Tensor, h: Tensor) -> Tensor:
+def _one_plus_r_log1p_minus_r(r: Tensor) -> Tensor:
+    """``(1 + r) log1p(r) - r`` (>= 0 for r > -1): its series for ``|r| < 0.1``, directly beyond."""
+    small = r.abs() < _BREGMAN_SERIES_BELOW
+    rs = torch.where(small, r, 0.0)
+    rd = torch.where(small, 1.0, r)
+    acc = torch.zeros_like(rs)
+    for c in reversed(_XLOG1P_SERIES):
+        acc = acc * rs + c
+    return torch.where(small, acc * rs * rs, (1.0 + rd) * torch.log1p(rd) - rd)
+
+
+def _bregman_stirling(x: Tensor, h: Tensor) -> Tensor:
+    """``lgamma_bregman`` for ``min(x, x + h) >= 1e5`` from Stirling's series ``lnG(x) = (x - 1/2) log x - x +
+    log(2 pi)/2 + 1/(12 x) - ...``: with ``r = h / x``, ``x ((1 + r) log1p(r) - r) + (r - log1p(r))/2
+    + r^2 / (12 x (1 + r))`` (the next term is ``x^-4`` relative); every term >= 0, no overflow for huge x."""
+    r = h / x
+    return x * _one_plus_r_log1p_minus_r(r) + 0.5 * x_minus_log1p(r) + r.square() / (12.0 * x * (1.0 + r))
+
+
+def lgamma_bregman(x: Tensor, h: Tensor, y: Tensor | None = None) -> Tensor:
     """Bregman divergence of ``lgamma``: ``lnG(x + h) - lnG(x) - h psi(x)`` (>= 0), accurate when ``h << x``.
 
     Direct difference where that is accurate (it loses ``eps (|lnG(x)| + |lnG(x + h)| + |h psi(x)|)`` against a
     value ``~ h^2 psi'(x) / 2``); where it would lose more than 3 digits and ``|h| < 0.1 x``, the Taylor series
     ``sum_{n>=2} psi^(n-1)(x) h^n / n!`` (up to 17 terms, truncation below eps/10), computed only on those
-    entries. Relative error ~1e-13 in float64. The direct form alone loses all digits for ``x = 1e8,
-    h = 1e-6 x`` (torch's Gamma-Gamma KL has this problem). Requires ``x > 0`` and ``x + h > 0``.
+    entries; for ``min(x, x + h) >= 1e5`` Stirling's form (:func:`_bregman_stirling`), which stays finite and
+    accurate for concentrations up to the float range (1e20, 1e300). Relative error ~1e-13 in float64. The
+    direct form alone loses all digits for ``x = 1e8, h = 1e-6 x`` (torch's Gamma-Gamma KL has this problem).
+    Requires ``x > 0`` and ``x + h > 0``; ``y``, when given, is ``x + h`` exactly (``x + h`` rounds, e.g. to 0
+    for ``x = 1e20, h = 2 - 1e20``).
     """
-    x, h = _broadcast(x, h)
-    lg_xh, lg_x, psi_x = torch.lgamma(x + h), torch.lgamma(x), torch.digamma(x)
+    return _lgamma_bregman_and_error(x, h, y)[0]
+
+
+def _lgamma_bregman_and_error(x: Tensor, h: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`lgamma_bregman` and a bound on its absolute rounding error (``4 eps`` of the terms of the direct
+    difference where that is used, ``1e-13`` relative elsewhere)."""
+    x, h, y = _broadcast(x, h, x + h if y is None else y)
+    large = torch.minimum(x, y) >= _BREGMAN_STIRLING_FROM
+    lg_xh, lg_x, psi_x = torch.lgamma(y), torch.lgamma(x), torch.digamma(x)
     direct = lg_xh - lg_x - h * psi_x
     with torch.no_grad():
         magnitude = lg_xh.abs() + lg_x.abs() + (h * psi_x).abs()
@@ -119,10 +151,15 @@ def lgamma_bregman(x: Tensor, h: Tensor) -> Tensor:
             (magnitude > _BREGMAN_DIRECT_LOSS * value_bound)  # direct relative error > 1000 eps
             & (h.abs() < _BREGMAN_SERIES_BELOW * x)
             & (x >= _BREGMAN_SERIES_MIN_X)
+            & ~large
         )
-    if not bool(series.any()):
-        return direct
-    return direct.masked_scatter(series, _bregman_series(x[series], h[series]))
+        error = torch.where(large | series, 0.0, 4.0 * torch.finfo(x.dtype).eps * magnitude)
+    if bool(large.any()):
+        xl, hl = torch.where(large, x, _BREGMAN_STIRLING_FROM), torch.where(large, h, 0.0)
+        direct = torch.where(large, _bregman_stirling(xl, hl), direct)
+    if bool(series.any()):
+        direct = direct.masked_scatter(series, _bregman_series(x[series], h[series]))
+    return direct, error + 1e-13 * direct.detach().abs()
 
 
 # delta(z) = lnG(z + 1/2) - lnG(z) - log(z)/2 ~ sum_k A_k z^(1-2k), A_k = (2^(1-2k) - 2) B_2k / (2k (2k-1))
@@ -326,7 +363,7 @@ def _gengamma_core(
     inner = lgamma_bregman(alpha1 + 1.0, t_minus_1)
     exponent = power2 * rho + t_minus_1 * (psi1 + 1.0 / alpha1) + inner
     return (
-        lgamma_bregman(alpha1, alpha2 - alpha1)
+        lgamma_bregman(alpha1, alpha2 - alpha1, alpha2)
         + alpha1 * (expm1_minus_x(exponent) + inner)
         + x_minus_log1p(t_minus_1)
         + (alpha1 - alpha2) * (power2 * rho + t_minus_1 * psi1)
@@ -668,10 +705,38 @@ def kl_dirichlet(concentration_p: Tensor, concentration_q: Tensor) -> Tensor:
     return _dirichlet(*_tensors(concentration_p, concentration_q))
 
 
+def _check_cancellation(value: Tensor, error: Tensor, pair: str, named: dict[str, Tensor]) -> None:
+    """``ValueError`` where the rounding error bound exceeds 1e-6 of the value (widely different huge
+    concentrations, whose lgamma terms cancel), naming the parameters there."""
+    bad = error > 1e-6 * value.abs()
+    if not (is_validation_enabled() and bool(bad.any())):
+        return
+    idx = tuple(int(i) for i in bad.nonzero()[0]) if bad.dim() else ()
+    given = ", ".join(
+        f"{k} = {float(t.expand(torch.Size([*bad.shape, *t.shape[bad.dim() :]]))[idx].reshape(-1).abs().max()):g}"
+        for k, t in named.items()
+    )
+    where = f" at batch index {idx}" if idx else ""
+    raise ValueError(
+        f"{pair} cannot be evaluated{where} for {given}: huge concentrations far from the others cancel in the "
+        f"log-gamma terms (error bound {float(error[idx]):.2g} against a value of {float(value[idx]):.3g}); "
+        "bring the concentrations closer or use kldiv.kl_mc(p, q, n)"
+    )
+
+
 def _dirichlet(a: Tensor, b: Tensor) -> Tensor:
     a, b = _broadcast(a, b)
     h = b - a
-    return lgamma_bregman(a, h).sum(-1) - lgamma_bregman(a.sum(-1), h.sum(-1))
+    parts, parts_error = _lgamma_bregman_and_error(a, h, b)
+    total, total_error = _lgamma_bregman_and_error(a.sum(-1), h.sum(-1), b.sum(-1))
+    value = parts.sum(-1) - total
+    _check_cancellation(
+        value,
+        parts_error.sum(-1) + total_error,
+        "KL(Dirichlet || Dirichlet)",
+        {"p.concentration": a, "q.concentration": b},
+    )
+    return value
 
 
 def kl_beta(
@@ -694,7 +759,15 @@ def kl_beta(
 def _beta(a1: Tensor, b1: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
     a1, b1, a2, b2 = _broadcast(a1, b1, a2, b2)
     ha, hb = a2 - a1, b2 - b1
-    return lgamma_bregman(a1, ha) + lgamma_bregman(b1, hb) - lgamma_bregman(a1 + b1, ha + hb)
+    (va, ea), (vb, eb), (vt, et) = (
+        _lgamma_bregman_and_error(a1, ha, a2),
+        _lgamma_bregman_and_error(b1, hb, b2),
+        _lgamma_bregman_and_error(a1 + b1, ha + hb, a2 + b2),
+    )
+    value = va + vb - vt
+    named = {"p.concentration1": a1, "p.concentration0": b1, "q.concentration1": a2, "q.concentration0": b2}
+    _check_cancellation(value, ea + eb + et, "KL(Beta || Beta)", named)
+    return value
 
 
 @register_kl(Beta, Beta)
@@ -741,12 +814,17 @@ def _dirichlet_fast(a: Tensor, b: Tensor) -> Tensor:
 
 @register_kl(Dirichlet, Dirichlet)
 def _kl_dirichlet_dirichlet(p: Dirichlet, q: Dirichlet) -> Tensor:
-    """Fast pass (in place, no autograd) and, for values below 1e-3, the cancellation-free
-    :func:`kl_dirichlet` on those rows only; with gradients, :func:`kl_dirichlet` everywhere."""
+    """Fast pass (in place, no autograd) and, for values below 1e-3 or below 1e8 eps times the lgamma terms
+    (huge concentrations), the cancellation-free :func:`kl_dirichlet` on those rows only; with gradients,
+    :func:`kl_dirichlet` everywhere."""
     a, b = p.concentration, q.concentration
     _recheck(p, q, {"p.concentration": a, "q.concentration": b})
     if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return _dirichlet(a, b)
     a, b = _broadcast(a, b)
     value = _dirichlet_fast(a, b)
-    return refine_rows(value, ~(value >= _DIRICHLET_REFINE_BELOW), a.dim() - 1, _dirichlet, a, b)
+    # the fast form errs by a few eps times its lgamma terms, about a0 log a0 + b0 log b0 for large concentrations
+    a0, b0 = a.sum(-1), b.sum(-1)
+    size = a0 * torch.log(a0 + 2.0) + b0 * torch.log(b0 + 2.0)
+    need = ~(value >= torch.clamp(1e8 * torch.finfo(a.dtype).eps * size, min=_DIRICHLET_REFINE_BELOW))
+    return refine_rows(value, need, a.dim() - 1, _dirichlet, a, b)

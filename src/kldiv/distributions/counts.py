@@ -49,6 +49,15 @@ _TRUNCATION = 1e-18
 """Certified absolute bound on each neglected tail of a series (below float64 resolution of any KL >= 1e-2)."""
 _CHUNK = 8192
 """Support points summed per step of a series (bounds the memory at batch size x ``_CHUNK``)."""
+MAX_TERMS = 10_000_000
+"""Most support points a sum may take; parameters that need more raise ``ValueError`` naming the argument."""
+
+
+def _too_many_terms(name: str, value: float, terms: float) -> ValueError:
+    return ValueError(
+        f"{name} = {value:g} needs a sum over about {terms:.3g} support points, more than kldiv's limit of "
+        f"{MAX_TERMS:.0e}: this pair has no closed form at these parameters (kldiv.kl_mc gives a Monte-Carlo estimate)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -140,10 +149,12 @@ def _kl_finite_support(log_p: Tensor, log_q: Tensor) -> Tensor:
     return discrete.kl_log(lp, lq, -1)
 
 
-def _grid(upper: Tensor, like: Tensor) -> Tensor:
-    """``0, 1, ..., max(upper)`` as a float tensor."""
-    top = int(upper.max().item()) if upper.numel() else 0
-    return torch.arange(top + 1, dtype=like.dtype, device=like.device)
+def _grid(upper: Tensor, like: Tensor, name: str) -> Tensor:
+    """``0, 1, ..., max(upper)`` as a float tensor (``name``: the argument ``upper`` comes from)."""
+    top = float(upper.max().item()) if upper.numel() else 0.0
+    if not top < MAX_TERMS:
+        raise _too_many_terms(name, top, top + 1)
+    return torch.arange(int(top) + 1, dtype=like.dtype, device=like.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,15 +176,17 @@ def _tail_bound(log_w: Tensor, rho: Tensor, m: Tensor, a: Tensor, b: Tensor, c: 
     return torch.where(ok, torch.exp(log_w) * poly, INF)
 
 
-def _upper_cutoff(start: Tensor, bound_past: Callable[[Tensor], Tensor]) -> int:
-    """The largest ``J`` over the batch such that ``bound_past(J + 1) <= _TRUNCATION``, by doubling from ``start``."""
+def _upper_cutoff(start: Tensor, bound_past: Callable[[Tensor], Tensor], name: str, value: float) -> int:
+    """The largest ``J`` over the batch such that ``bound_past(J + 1) <= _TRUNCATION``, by doubling from ``start``;
+    ``ValueError`` naming the argument (``name = value``) where ``J`` would exceed :data:`MAX_TERMS`."""
     last = start.ceil().clamp(min=0.0)
-    for _ in range(200):
+    while True:
+        if last.numel() and not float(last.max()) < MAX_TERMS:
+            raise _too_many_terms(name, value, float(last.max()))
         bad = ~(bound_past(last + 1.0) <= _TRUNCATION)
         if not bool(bad.any()):
             return int(last.max().item()) if last.numel() else 0
         last = torch.where(bad, 2.0 * last + 16.0, last)
-    raise RuntimeError("series truncation did not converge; parameters too close to the edge of their domain")
 
 
 def _window_sum(term: Callable[[Tensor], Tensor], low: int, high: int, like: Tensor) -> Tensor:
@@ -200,7 +213,7 @@ def _poisson_entropy(rate: Tensor) -> Tensor:
         def upper(m: Tensor) -> Tensor:
             return _tail_bound(_poisson_log_pmf(m, lam), lam / (m + 1.0), m, a, b, c)
 
-        high = _upper_cutoff(lam + 10.0 * lam.sqrt() + 30.0, upper)
+        high = _upper_cutoff(lam + 10.0 * lam.sqrt() + 30.0, upper, "p.rate", float(lam.max()))
         lower = (lam - 10.0 * lam.sqrt() - 30.0).floor().clamp(min=0.0)
         for _ in range(200):
             m = (lower - 1.0).clamp(min=0.0)
@@ -286,7 +299,8 @@ def kl_negative_binomial(total_count_p: Tensor, probs_p: Tensor, total_count_q: 
             return _tail_bound(_negative_binomial_log_pmf(m, r1d, p1d), rho, m, a, a, zero)
 
         mean = r1d * p1d / (1.0 - p1d)
-        high = _upper_cutoff(mean + 10.0 * (mean / (1.0 - p1d)).sqrt() + 30.0, upper)
+        mean_name = "p's mean total_count * probs / (1 - probs)"
+        high = _upper_cutoff(mean + 10.0 * (mean / (1.0 - p1d)).sqrt() + 30.0, upper, mean_name, float(mean.max()))
     r1e, p1e, r2e = r1.unsqueeze(-1), p1s.unsqueeze(-1), r2.unsqueeze(-1)
 
     def term(k: Tensor) -> Tensor:
@@ -312,7 +326,7 @@ def kl_binomial(total_count_p: Tensor, probs_p: Tensor, total_count_q: Tensor, p
     n1, p1, n2, p2 = _broadcast(total_count_p, probs_p, total_count_q, probs_q)
     if bool((n1 == n2).all()):
         return torch.where(n1 > 0, n1 * _kl_bernoulli_probs(p1, p2), 0.0)
-    k = _grid(n1, p1)
+    k = _grid(n1, p1, "p.total_count")
     log_p = _binomial_log_pmf(k, n1.unsqueeze(-1), p1.unsqueeze(-1))
     log_q = _binomial_log_pmf(k, n2.unsqueeze(-1), p2.unsqueeze(-1))
     return _kl_finite_support(log_p, log_q)
@@ -325,7 +339,7 @@ def kl_binomial_poisson(total_count: Tensor, probs: Tensor, rate: Tensor) -> Ten
     Bernoulli||Poisson. +inf where ``lambda = 0`` and P has mass above 0.
     """
     n, p, lam = _broadcast(total_count, probs, rate)
-    k = _grid(n, p)
+    k = _grid(n, p, "p.total_count")
     log_p = _binomial_log_pmf(k, n.unsqueeze(-1), p.unsqueeze(-1))
     return _kl_finite_support(log_p, _poisson_log_pmf(k, lam.unsqueeze(-1)))
 
@@ -335,7 +349,7 @@ def kl_binomial_geometric(total_count: Tensor, probs: Tensor, probs_q: Tensor) -
     ``sum_{k=0}^{n} b(k) log(b(k) / ((1 - q)^k q))``. +inf where ``q = 1`` and P has mass above 0.
     """
     n, p, pq = _broadcast(total_count, probs, probs_q)
-    k = _grid(n, p)
+    k = _grid(n, p, "p.total_count")
     log_p = _binomial_log_pmf(k, n.unsqueeze(-1), p.unsqueeze(-1))
     return _kl_finite_support(log_p, _geometric_log_pmf(k, pq.unsqueeze(-1)))
 
@@ -370,7 +384,7 @@ def kl_geometric_poisson(probs: Tensor, rate_q: Tensor) -> Tensor:
         def upper(m: Tensor) -> Tensor:
             return _tail_bound(m * log_s, sd, m, m.log() - 1.0, 1.0 / m, torch.zeros_like(m))
 
-        high = _upper_cutoff(math.log(_TRUNCATION) / log_s + 2.0, upper)
+        high = _upper_cutoff(math.log(_TRUNCATION) / log_s + 2.0, upper, "p.probs", float(probs.min()))
     log_se = torch.log1p(-torch.where(live, p, 0.5)).unsqueeze(-1)
     series = _window_sum(lambda j: torch.exp(j * log_se) * torch.log(j), 2, max(high, 2), p)
     e_log_factorial = torch.where(live, series, 0.0)

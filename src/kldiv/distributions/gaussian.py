@@ -613,8 +613,8 @@ class MixtureKL:
     ``lower <= KL <= upper`` are true bounds (Durrieu, Thiran & Kelly 2012; ``lower`` is clamped at 0). They
     can be loose, even for single Gaussians (Jensen slack). ``variational`` and ``product`` are the
     Hershey & Olsen (2007) approximations: often closer to the KL but NOT bounds (either side).
-    ``is_bound`` is True: the registered pair returns this object, not a value (``mc`` holds a Monte-Carlo
-    :class:`Estimate` when one was requested).
+    ``is_bound`` is True: this is not a value (``kldiv.kl`` of two mixtures raises ``NotImplementedError``
+    pointing here); ``mc`` holds a Monte-Carlo :class:`Estimate` when one was requested.
     """
 
     lower: Tensor
@@ -640,7 +640,8 @@ def _gaussian_components(name: str, mix: MixtureSameFamily) -> tuple[Tensor, Ten
         return log_w, comp.base_dist.loc, torch.diag_embed(comp.base_dist.scale)
     raise NotImplementedError(
         f"{name} is a mixture of {type(comp).__name__}; Gaussian mixture bounds need Normal, MultivariateNormal, "
-        f"LowRankMultivariateNormal or Independent(Normal, 1) components (pass mc_samples=N for an estimate)"
+        "LowRankMultivariateNormal or Independent(Normal, 1) components (kldiv.kl_mc(p, q, n) gives a Monte-Carlo "
+        "estimate)"
     )
 
 
@@ -732,7 +733,7 @@ def _factor_of(dist: Distribution, other: Distribution, side: str) -> tuple[Tens
     raise NotImplementedError(
         f"KL({type(dist).__name__} || {type(other).__name__}): an Independent distribution pairs with a "
         f"multivariate Normal in closed form only as Independent(Normal, 1); this one has base "
-        f"{type(getattr(dist, 'base_dist', dist)).__name__} (pass mc_samples=N for a Monte-Carlo estimate)"
+        f"{type(getattr(dist, 'base_dist', dist)).__name__} (kldiv.kl_mc(p, q, n) gives a Monte-Carlo estimate)"
     )
 
 
@@ -806,16 +807,12 @@ def _kl_independent_independent(p: Independent[Any], q: Independent[Any]) -> Ten
         from kldiv.distributions.dispatch import kl_divergence
 
         base = kl_divergence(p.base_dist, q.base_dist)
-        if not isinstance(base, Tensor):
-            raise NotImplementedError(
-                f"KL({type(p.base_dist).__name__} || {type(q.base_dist).__name__}) of the base distributions is "
-                f"a {type(base).__name__}, not a value; pass mc_samples=N for a Monte-Carlo estimate"
-            )
     summed: Tensor = base.sum(tuple(range(-n, 0))) if n else base
     return summed
 
 
 @register_kl(MixtureSameFamily, MixtureSameFamily, method="bound")
 def _kl_mixture_mixture(p: MixtureSameFamily, q: MixtureSameFamily) -> MixtureKL:
-    """Gaussian mixtures: :func:`kl_gaussian_mixture_bounds` (bounds and approximations, not a value)."""
+    """Gaussian mixtures: :func:`kl_gaussian_mixture_bounds` (bounds and approximations, not a value; listed by
+    :func:`kldiv.registered_pairs` with ``method="bound"``, never returned by ``kldiv.kl``)."""
     return kl_gaussian_mixture_bounds(p, q)

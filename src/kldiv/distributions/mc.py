@@ -53,7 +53,7 @@ def draw(p: Distribution, n: int, seed: int | None, *, reparameterized: bool = T
         return p.rsample(shape) if use_r else p.sample(shape)
 
 
-def _broadcast_pair(p: Distribution, q: Distribution) -> tuple[Distribution, Distribution]:
+def broadcast_pair(p: Distribution, q: Distribution) -> tuple[Distribution, Distribution]:
     """Check the pair and expand both to the common batch shape (so samples of p fit q)."""
     check_pair(p, q)
     shape = torch.Size(np.broadcast_shapes(tuple(p.batch_shape), tuple(q.batch_shape)))
@@ -95,7 +95,7 @@ def kl_mc(
         raise ValueError(f"n must be an int >= 2 (the standard error needs two samples), got {n!r}")
     if estimator not in ("k1", "k3"):
         raise ValueError(f"estimator must be 'k1' or 'k3', got {estimator!r}")
-    p, q = _broadcast_pair(p, q)
+    p, q = broadcast_pair(p, q)
     x = draw(p, n, seed)
     log_p = p.log_prob(x)
     log_q = q.log_prob(x)
@@ -118,7 +118,7 @@ def js_mc(p: Distribution, q: Distribution, n: int, *, seed: int | None = None) 
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2 (the standard error needs two samples), got {n!r}")
-    p, q = _broadcast_pair(p, q)
+    p, q = broadcast_pair(p, q)
     halves = []
     for k, (a, b) in enumerate(((p, q), (q, p))):
         x = draw(a, n, None if seed is None else seed + k)

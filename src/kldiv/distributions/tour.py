@@ -157,7 +157,9 @@ def distributions_section(ctx: Context) -> Section:
         "Parametric distributions: closed forms beyond torch.distributions",
         [
             "kldiv.kl(p, q) accepts two torch.distributions objects and looks up kldiv's registry, then torch's; "
-            "with mc_samples=N it falls back to a Monte-Carlo estimate with a standard error. " + coverage_counts(),
+            "it always returns a tensor of the batch shape, like torch.distributions.kl_divergence; "
+            "kldiv.kl_mc(p, q, n) gives a Monte-Carlo estimate with its standard error for any pair. "
+            + coverage_counts(),
             seed_examples_table(),
             beyond_torch_table(),
             kl_vs_wasserstein_figure(),
