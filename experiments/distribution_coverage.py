@@ -7,6 +7,7 @@ the committed table is current).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from kldiv.distributions import registered_pairs
@@ -90,6 +91,7 @@ def table() -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None).parse_args()
     OUT.write_text(table())
     print(f"wrote {OUT}")
 
