@@ -2,7 +2,6 @@
 
 from kldiv.losses.chunked import ChunkedDivergence
 from kldiv.losses.functional import (
-    TopK,
     distillation_loss,
     forward_kl,
     generalized_jsd,
@@ -20,6 +19,7 @@ from kldiv.losses.modules import (
     ReverseKLLoss,
     SymmetricKLLoss,
 )
+from kldiv.losses.options import TopK
 from kldiv.losses.parallel import vocab_parallel_distillation_loss, vocab_parallel_kl, vocab_parallel_linear_kl
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 :class:`ChunkedDivergence` is a ``torch.autograd.Function`` whose forward walks the rows (tokens) in chunks;
 for each chunk it upcasts to float32 (float64 stays float64), computes the per-token values with the kernels of
-the discrete core (:func:`kldiv.losses.functional.divergence_rows`, so the values are those of the naive path)
+the discrete core (:func:`kldiv.losses.rows.divergence_rows`, so the values are those of the naive path)
 and the gradients in closed form, and writes the gradients into preallocated buffers in the input dtype (one
 rounding, at the end). Backward only scales the saved gradients by ``grad_output``.
 
@@ -39,13 +39,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._numerics import INF, log_softmax
-from kldiv.discrete import _log_mixture, _logit_difference
-from kldiv.losses.functional import Divergence, _weighted, check_rows, compute_dtype, divergence_rows, row_scale
+from kldiv.discrete import _logit_difference
+from kldiv.losses.options import Divergence, check_rows, compute_dtype
+from kldiv.losses.rows import (
+    divergence_grads,
+    divergence_rows,
+    pad_vocab,
+    row_scale,
+    rows_per_chunk,
+    scale_precomputed,
+    weighted,
+)
 
 kernel: Callable[..., None] | None
 """The C kernel ``kldiv._kernels.kl_rows``, or None when the package was built without a C compiler (then the
@@ -55,44 +63,8 @@ try:
 except ImportError:
     kernel = None
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 18
-"""Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
-
 NATIVE_CHUNK_ELEMENTS = 1 << 22
 """Logits per call of the C kernel, which needs no work arrays (only one row per thread)."""
-
-
-def _centered(x: Tensor, g: Tensor) -> Tensor:
-    """``x (g - <x, g>)`` per row, with 0 where ``x == 0`` (``g`` may be infinite there)."""
-    support = x > 0
-    g = torch.where(support & torch.isfinite(g), g, 0.0)  # +inf only on rows whose value is +inf (zero gradient)
-    return torch.where(support, x * (g - (x * g).sum(-1, keepdim=True)), 0.0)
-
-
-def _chunk_grads(
-    divergence: Divergence, log_s: Tensor, log_t: Tensor, coef: float, normalized: bool
-) -> tuple[Tensor, Tensor]:
-    """Gradients of the divergence w.r.t. the tempered student and teacher logits ``s / T``, ``t / T``."""
-    q, p = torch.exp(log_s), torch.exp(log_t)
-    if divergence == "forward" or (divergence == "jsd" and coef == 0.0):
-        return q - p, _centered(p, log_t - log_s)
-    if divergence == "reverse" or (divergence == "jsd" and coef == 1.0):
-        return _centered(q, log_s - log_t), p - q
-    if divergence == "symmetric":
-        gs = coef * (q - p) + (1.0 - coef) * _centered(q, log_s - log_t)
-        gt = coef * _centered(p, log_t - log_s) + (1.0 - coef) * (p - q)
-        return gs, gt
-    log_m = _log_mixture(log_t, log_s, coef)
-    gs = _centered(q, (1.0 - coef) * (log_s - log_m))
-    gt = _centered(p, coef * (log_t - log_m))
-    if normalized:
-        scale = 1.0 / (coef * (1.0 - coef))
-        gs, gt = gs * scale, gt * scale
-    return gs, gt
-
-
-def _pad(x: Tensor, size: int) -> Tensor:
-    return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]), value=-INF)
 
 
 _REFINE_BELOW = 3e-3  # torch path, as in the discrete core: smaller per-token values are recomputed cancellation-free
@@ -292,25 +264,13 @@ def _kl_chunk_fast(
             log_q = torch.log_softmax(s_rows / temperature, -1)
             log_p = torch.log_softmax(t_rows / temperature, -1)
             val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False).to(val.dtype)
-    total = _weighted(kl_weight, torch.where(bad, 0.0, val))
+    total = weighted(kl_weight, torch.where(bad, 0.0, val))
     if ce is not None:
         total = total + ce_weight * torch.where(bad, 0.0, ce)
     if not every:
         grad_s[~ok] = 0.0
         total = torch.where(ok, total, 0.0)
     return total, bad
-
-
-def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> Tensor | None:
-    """A gradient computed in forward times the incoming ``grad_output`` (per row for ``reduction="none"``);
-    returned without a copy when ``grad_output`` is 1 (the usual ``loss.backward()``)."""
-    if g is None:
-        return None
-    if per_row:
-        return (g.to(grad_output.dtype) * grad_output[:, None]).to(g.dtype)
-    if bool(grad_output == 1):
-        return g
-    return (g.to(grad_output.dtype) * grad_output).to(g.dtype)
 
 
 def fill_rows(
@@ -413,23 +373,23 @@ def _general_rows(
     cdtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``kl_weight * divergence + ce_weight * CE`` of some rows and its gradients times ``scale`` by the
-    discrete core's kernels and the closed forms of :func:`_chunk_grads` (any divergence, -inf logits, vocab
-    sizes that differ); 0 at ignored rows."""
+    discrete core's kernels and the closed forms of :func:`~kldiv.losses.rows.divergence_grads` (any divergence,
+    -inf logits, vocab sizes that differ); 0 at ignored rows."""
     v_s, v_t = student.shape[1], teacher.shape[1]
     size = max(v_s, v_t)
     inv_t = 1.0 / temperature
-    s = torch.where(ok[:, None], _pad(student.to(cdtype), size), 0.0)
-    t = torch.where(ok[:, None], _pad(teacher.to(cdtype), size), 0.0)
+    s = torch.where(ok[:, None], pad_vocab(student.to(cdtype), size), 0.0)
+    t = torch.where(ok[:, None], pad_vocab(teacher.to(cdtype), size), 0.0)
     ratio = _logit_difference(t, s, temperature)
     s_raw = s
     if temperature != 1.0:
         s, t = s * inv_t, t * inv_t
     log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
     val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
-    gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
+    gs, gt = divergence_grads(divergence, log_s, log_t, coef, normalized)
     row_w = ((ok & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
     gs = gs * row_w
-    total = _weighted(kl_weight, val)
+    total = weighted(kl_weight, val)
     if ce_weight:
         assert labels is not None
         lab = torch.where(ok, labels, 0)[:, None]
@@ -503,15 +463,6 @@ class ChunkedDivergence(torch.autograd.Function):
             scale_precomputed(grad_t, grad_output, ctx.none),
             *nones,
         )
-
-
-def rows_per_chunk(chunk_size: int | None, width: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-    """Rows per chunk: ``chunk_size`` (a positive int), or by default ``elements // width`` (at least 1)."""
-    if chunk_size is None:
-        return max(1, elements // width)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
-    return chunk_size
 
 
 def chunked_rows(

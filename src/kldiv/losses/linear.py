@@ -35,8 +35,9 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
-from kldiv.losses.chunked import fill_rows, rows_per_chunk, scale_precomputed
-from kldiv.losses.functional import Divergence, Reduction, check_options, compute_dtype, row_scale, valid_rows
+from kldiv.losses.chunked import fill_rows
+from kldiv.losses.options import Divergence, Reduction, check_options, compute_dtype, valid_rows
+from kldiv.losses.rows import row_scale, rows_per_chunk, scale_precomputed
 
 Direction = Literal["forward", "reverse", "symmetric"]
 TeacherHead = tuple[Tensor, Tensor, Tensor | None]

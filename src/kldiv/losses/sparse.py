@@ -1,9 +1,9 @@
 """Row-chunked losses for the teachers the fused kernels do not cover: top-k teachers and probability teachers.
 
 :class:`ChunkedTeacherRows` walks the rows (tokens) in chunks. For each chunk it runs the reference per-row
-kernels of the naive path (:func:`kldiv.losses.functional._naive`, which coarse-grains a ``rest="mass"`` top-k
-teacher by :func:`~kldiv.losses.functional._topk_mass_rows`, plus the hard-label
-:func:`~kldiv.losses.functional._cross_entropy_rows` of :func:`~kldiv.losses.functional.distillation_loss`) on
+kernels of the naive path (:func:`kldiv.losses.rows.reference_rows`, which coarse-grains a ``rest="mass"`` top-k
+teacher by :func:`~kldiv.losses.rows.topk_mass_rows`, plus the hard-label
+:func:`~kldiv.losses.rows.cross_entropy_rows` of :func:`~kldiv.losses.functional.distillation_loss`) on
 detached copies of the chunk's rows, and differentiates them there with ``torch.autograd.grad``: the per-row
 values and the gradients ``d reduced / d student`` (and ``d reduced / d teacher`` when the teacher tensor or
 ``TopK.values`` requires grad) are those of the naive path, one formula for each. The gradients go into
@@ -23,21 +23,24 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from kldiv.losses.chunked import rows_per_chunk, scale_precomputed
-from kldiv.losses.functional import (
+from kldiv.losses.options import (
     Divergence,
     Reduction,
     TeacherKind,
     TopK,
-    _cross_entropy_rows,
-    _naive,
-    _pad_vocab,
-    _weighted,
     check_mass_indices,
     check_rows,
     compute_dtype,
+)
+from kldiv.losses.rows import (
+    cross_entropy_rows,
+    pad_vocab,
     reduce_rows,
+    reference_rows,
     row_scale,
+    rows_per_chunk,
+    scale_precomputed,
+    weighted,
 )
 
 
@@ -73,14 +76,14 @@ def _reference_rows(
     if spec.rest is not None:
         assert indices is not None
         source = TopK(indices, teacher, kind=spec.kind, rest=spec.rest)
-    padded = _pad_vocab(student, spec.width) if spec.rest == "renormalize" else student
-    naive = _naive(
+    padded = pad_vocab(student, spec.width) if spec.rest == "renormalize" else student
+    naive = reference_rows(
         spec.divergence, padded, source, spec.kind, valid, spec.temperature, spec.coef, spec.normalized, cdtype
     )
-    values = _weighted(spec.kl_weight, naive)
+    values = weighted(spec.kl_weight, naive)
     if spec.ce_weight:
         assert labels is not None
-        values = values + spec.ce_weight * _cross_entropy_rows(student, labels, valid, cdtype)
+        values = values + spec.ce_weight * cross_entropy_rows(student, labels, valid, cdtype)
     return values
 
 

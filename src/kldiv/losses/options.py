@@ -1,0 +1,183 @@
+"""What the losses accept: the option types, the top-k teacher, and the checks of every argument.
+
+One place for the messages of :mod:`kldiv.losses`: each check names the argument, what was expected and what
+was received. Row checks run one cheap pass (the row maxima) and diagnose in full only once something is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+from kldiv._validate import check_log_space, check_scalar, is_validation_enabled, sum_tolerance
+
+Reduction = Literal["batchmean", "sum", "mean", "none"]
+TeacherKind = Literal["logits", "log_probs", "probs"]
+Implementation = Literal["auto", "chunked", "naive"]
+Divergence = Literal["forward", "reverse", "symmetric", "jsd"]
+
+
+@dataclass(frozen=True)
+class TopK:
+    """A teacher given by its top-k entries per token: ``indices`` (int64, ``(..., k)``) and ``values`` (same shape).
+
+    ``kind`` says what ``values`` are: ``"logits"``, ``"log_probs"`` or ``"probs"``. ``rest`` is the policy for
+    the mass outside the k entries:
+
+    * ``"renormalize"``: the teacher is ``softmax`` over the k entries (zero elsewhere), at the loss's temperature.
+      ``KL(P||Q)`` is then the usual sparse distillation loss; ``KL(Q||P)`` is +inf (the student has mass where
+      the teacher has none), the generalized JSD stays finite.
+    * ``"mass"``: the k values are the teacher's true (log-)probabilities and ``1 - sum`` of them is its remaining
+      mass. Both distributions are coarse-grained to ``k + 1`` categories (the k ids and "the rest", the
+      student's rest being ``1 - sum_k q``), and the divergence is taken between those: a lower bound of the
+      full divergence (data processing inequality), exact when the teacher's rest mass sits on one id.
+      Requires ``kind`` in {"log_probs", "probs"} and ``temperature == 1`` (the tempered teacher is not known
+      from its top k). A rest below the rounding noise of the sum (``4 (k + 1) eps``) counts as exactly 0.
+
+    Indices must be distinct within a token; an index beyond the student's vocabulary is teacher mass the
+    student cannot represent (see the vocabulary policy of :mod:`kldiv.losses.functional`).
+    """
+
+    indices: Tensor
+    values: Tensor
+    kind: TeacherKind = "logits"
+    rest: Literal["renormalize", "mass"] = "renormalize"
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_logits_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} has dtype {x.dtype}; a floating-point dtype is required")
+    if x.dim() == 0:
+        raise ValueError(f"{name} is a scalar; expected shape (..., V) with the vocabulary last")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty vocabulary dimension (shape {tuple(x.shape)})")
+    return x
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32 inputs, float64 if any input is float64."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def valid_rows(
+    batch_shape: torch.Size,
+    labels: Tensor | None,
+    ignore_index: int,
+    mask: Tensor | None,
+    device: torch.device,
+) -> Tensor:
+    """Flat bool tensor (N,) of the valid tokens: ``labels != ignore_index`` and ``mask``."""
+    valid = torch.ones(batch_shape, dtype=torch.bool, device=device)
+    if labels is not None:
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a torch.Tensor of token ids, got {type(labels).__name__}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels has dtype {labels.dtype}; an integer dtype is required")
+        if labels.shape != batch_shape:
+            raise ValueError(
+                f"labels has shape {tuple(labels.shape)}; expected the logits' batch shape {tuple(batch_shape)}"
+            )
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+        valid = valid & (labels != ignore_index)
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (True = valid token), got {kind}")
+        if mask.shape != batch_shape:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}; expected the logits' batch shape {tuple(batch_shape)}"
+            )
+        valid = valid & mask
+    return valid.reshape(-1)
+
+
+def check_rows(name: str, x: Tensor, valid: Tensor, temperature: float, *, log_probs: bool = False) -> None:
+    """Check the valid rows of flat logits ``x`` (N, V): no NaN or +inf, not all ``-inf``, no overflow at ``T``.
+
+    One pass (the row maxima); the full diagnosis (which entry) runs only once something is wrong.
+    """
+    if not is_validation_enabled() or x.numel() == 0:
+        return
+    xd = x.detach().to(compute_dtype(x.dtype))
+    top = xd.amax(-1)
+    bad = valid & ~torch.isfinite(top / temperature)
+    ok = not bool(bad.any())
+    if ok and log_probs:
+        lse = torch.logsumexp(xd, -1)
+        ok = not bool((valid & ~(lse.abs() <= sum_tolerance(x.dtype))).any())
+    if ok:
+        return
+    rows = x.detach()[valid]
+    check_log_space(name, rows, 1, x.dtype, log_probs=log_probs)
+    raise ValueError(
+        f"{name} / temperature overflows (temperature={temperature:g}); use a larger temperature or smaller logits"
+    )
+
+
+def check_options(reduction: str, temperature: float, implementation: str) -> float:
+    check_choice("reduction", reduction, get_args(Reduction))
+    check_choice("implementation", implementation, get_args(Implementation))
+    return check_scalar("temperature", temperature, low=0.0, low_open=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_probs(name: str, p: Tensor, valid: Tensor, dtype: torch.dtype) -> None:
+    """Raise unless the valid rows of ``p`` (N, V) are probabilities: finite, >= 0, summing to 1 within the
+    tolerance of ``dtype``, the dtype they were given in (``p`` may be an upcast copy)."""
+    if not is_validation_enabled() or p.numel() == 0:
+        return
+    rows = p.detach()[valid]
+    sums = rows.sum(-1)
+    tol = sum_tolerance(dtype)
+    if bool((rows < 0).any()) or not bool(torch.isfinite(rows).all()) or bool(((sums - 1).abs() > tol).any()):
+        raise ValueError(f"{name} must hold probabilities: finite, >= 0 and summing to 1 (tolerance {tol:.2g})")
+
+
+def check_topk(teacher: TopK, batch_shape: torch.Size, temperature: float) -> None:
+    check_choice("TopK.kind", teacher.kind, get_args(TeacherKind))
+    check_choice("TopK.rest", teacher.rest, ("renormalize", "mass"))
+    if not isinstance(teacher.indices, Tensor) or teacher.indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError("TopK.indices must be an int64 (or int32) tensor of vocabulary ids")
+    check_logits_tensor("TopK.values", teacher.values)
+    if teacher.indices.shape != teacher.values.shape or teacher.values.shape[:-1] != batch_shape:
+        raise ValueError(
+            f"TopK.indices {tuple(teacher.indices.shape)} and TopK.values {tuple(teacher.values.shape)} must both "
+            f"have shape (*{tuple(batch_shape)}, k), the student's batch shape and k entries"
+        )
+    if teacher.indices.numel():
+        if bool((teacher.indices < 0).any()):
+            raise ValueError("TopK.indices must be >= 0 (vocabulary ids)")
+        srt = teacher.indices.sort(-1).values
+        if bool((srt[..., 1:] == srt[..., :-1]).any()):
+            raise ValueError("TopK.indices must be distinct within each token")
+    if teacher.rest == "mass":
+        if teacher.kind == "logits":
+            raise ValueError('TopK(rest="mass") needs kind "probs" or "log_probs": top-k logits carry no rest mass')
+        if temperature != 1.0:
+            raise ValueError(
+                f'TopK(rest="mass") needs temperature=1 (got {temperature:g}): the tempered teacher is not known '
+                "from its top k entries"
+            )
+
+
+def check_mass_indices(indices: Tensor, valid: Tensor, vocab: int) -> None:
+    """Raise unless the top-k ids (N, k) of the valid rows lie in the student's ``vocab`` ids (``rest="mass"``)."""
+    top = indices[valid]
+    if top.numel() and int(top.max()) >= vocab:
+        raise ValueError(
+            f"TopK.indices reach {int(top.max())} but the student has {vocab} ids; with rest='mass' "
+            "the teacher's top k must lie in the student's vocabulary"
+        )

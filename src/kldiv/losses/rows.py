@@ -1,0 +1,234 @@
+"""The per-row formulas of the losses, shared by every implementation (naive, chunked, top-k, fused linear,
+vocab-parallel): per-token divergences and their closed-form gradients, the teacher's forms as dense rows, the
+hard-label cross-entropy, the reductions, and the chunking rule.
+
+Rows are flat ``(N, V)`` with the vocabulary last; log-probabilities are normalized per row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kldiv._numerics import INF, log_softmax
+from kldiv._validate import is_validation_enabled, sum_tolerance
+from kldiv.discrete import _log_mixture, _logit_difference, js_log, kl_log
+from kldiv.losses.options import Divergence, TeacherKind, TopK, check_mass_indices, check_probs
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
+"""Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
+
+
+def rows_per_chunk(chunk_size: int | None, width: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Rows per chunk: ``chunk_size`` (a positive int), or by default ``elements // width`` (at least 1)."""
+    if chunk_size is None:
+        return max(1, elements // width)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def divergence_rows(
+    divergence: Divergence, log_s: Tensor, log_t: Tensor, ratio_ts: Tensor | None, coef: float, normalized: bool
+) -> Tensor:
+    """Per-row divergence of student ``Q = exp(log_s)`` and teacher ``P = exp(log_t)`` (last dim).
+
+    ``ratio_ts`` is ``log_t - log_s`` up to a per-row constant, more accurate when given from the logits.
+    ``coef`` is ``beta`` for ``"jsd"`` and the forward weight ``w`` for ``"symmetric"``.
+    """
+    ratio_st = None if ratio_ts is None else -ratio_ts
+    if divergence == "forward":
+        return kl_log(log_t, log_s, -1, ratio_ts)
+    if divergence == "reverse":
+        return kl_log(log_s, log_t, -1, ratio_st)
+    if divergence == "symmetric":
+        value = torch.zeros_like(log_s[..., 0])  # not 0 * sum: a row with a -inf log-prob would give NaN
+        if coef > 0.0:
+            value = value + coef * kl_log(log_t, log_s, -1, ratio_ts)
+        if coef < 1.0:
+            value = value + (1.0 - coef) * kl_log(log_s, log_t, -1, ratio_st)
+        return value
+    if 0.0 < coef < 1.0:
+        value = js_log(log_t, log_s, coef, -1)
+        return value / (coef * (1.0 - coef)) if normalized else value
+    # the continuous limits of the normalized form: KL(P||Q) at beta = 0, KL(Q||P) at beta = 1
+    return kl_log(log_t, log_s, -1, ratio_ts) if coef == 0.0 else kl_log(log_s, log_t, -1, ratio_st)
+
+
+def weighted(weight: float, values: Tensor) -> Tensor:
+    """``weight * values`` with ``0 * inf = 0``: a term switched off (distillation's ``alpha = 0``) is absent."""
+    return weight * values if weight else torch.where(values < INF, values, 0.0) * 0.0  # zero, still in the graph
+
+
+def reduce_rows(values: Tensor, valid: Tensor, reduction: str, vocab: int, batch_shape: torch.Size) -> Tensor:
+    """Apply ``reduction`` to per-row values (0 at ignored rows already)."""
+    if reduction == "none":
+        return values.reshape(batch_shape)
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    count = valid.sum().clamp_min(1).to(values.dtype)
+    return total / count if reduction == "batchmean" else total / (count * vocab)
+
+
+def row_scale(valid: Tensor, reduction: str, vocab: int) -> float:
+    """The factor ``d reduced / d row value`` of a valid row for the scalar reductions (1 for ``"none"``)."""
+    if reduction in ("sum", "none"):
+        return 1.0
+    count = max(int(valid.sum()), 1)
+    return 1.0 / count if reduction == "batchmean" else 1.0 / (count * vocab)
+
+
+def _centered(x: Tensor, g: Tensor) -> Tensor:
+    """``x (g - <x, g>)`` per row, with 0 where ``x == 0`` (``g`` may be infinite there)."""
+    support = x > 0
+    g = torch.where(support & torch.isfinite(g), g, 0.0)  # +inf only on rows whose value is +inf (zero gradient)
+    return torch.where(support, x * (g - (x * g).sum(-1, keepdim=True)), 0.0)
+
+
+def divergence_grads(
+    divergence: Divergence, log_s: Tensor, log_t: Tensor, coef: float, normalized: bool
+) -> tuple[Tensor, Tensor]:
+    """Gradients of the divergence w.r.t. the tempered student and teacher logits ``s / T``, ``t / T``."""
+    q, p = torch.exp(log_s), torch.exp(log_t)
+    if divergence == "forward" or (divergence == "jsd" and coef == 0.0):
+        return q - p, _centered(p, log_t - log_s)
+    if divergence == "reverse" or (divergence == "jsd" and coef == 1.0):
+        return _centered(q, log_s - log_t), p - q
+    if divergence == "symmetric":
+        gs = coef * (q - p) + (1.0 - coef) * _centered(q, log_s - log_t)
+        gt = coef * _centered(p, log_t - log_s) + (1.0 - coef) * (p - q)
+        return gs, gt
+    log_m = _log_mixture(log_t, log_s, coef)
+    gs = _centered(q, (1.0 - coef) * (log_s - log_m))
+    gt = _centered(p, coef * (log_t - log_m))
+    if normalized:
+        scale = 1.0 / (coef * (1.0 - coef))
+        gs, gt = gs * scale, gt * scale
+    return gs, gt
+
+
+def pad_vocab(x: Tensor, size: int) -> Tensor:
+    return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]), value=-INF)
+
+
+def log_of_probs(p: Tensor) -> Tensor:
+    """``log p`` with ``log 0 = -inf`` and finite gradients."""
+    support = p > 0
+    return torch.where(support, torch.log(torch.where(support, p, 1.0)), -INF)
+
+
+def topk_dense(teacher: TopK, n: int, vocab: int, valid: Tensor, cdtype: torch.dtype) -> tuple[Tensor, int]:
+    """Untempered teacher logits over ``max(vocab, max index + 1)`` ids: the k values, ``-inf`` elsewhere."""
+    idx = teacher.indices.reshape(n, teacher.indices.shape[-1])
+    values = teacher.values.reshape(n, teacher.values.shape[-1]).to(cdtype)
+    idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device))
+    values = torch.where(valid[:, None], values, 0.0)
+    size = max(vocab, int(idx.max()) + 1) if idx.numel() else vocab
+    if teacher.kind == "probs":
+        if is_validation_enabled() and bool((valid[:, None] & ~((values >= 0) & (values <= 1))).any()):
+            raise ValueError("TopK.values (probs) must be in [0, 1]")
+        values = torch.where(valid[:, None], values, 1.0)
+    raw = log_of_probs(values) if teacher.kind == "probs" else values
+    dense = torch.full((n, size), -INF, dtype=cdtype, device=values.device).scatter(1, idx, raw)
+    return dense, size
+
+
+def topk_mass_rows(teacher: TopK, student: Tensor, valid: Tensor, cdtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Student and teacher log-probabilities over the k ids and "the rest": shape (N, k + 1), normalized."""
+    n = student.shape[0]
+    idx = teacher.indices.reshape(n, teacher.indices.shape[-1])
+    check_mass_indices(idx, valid, student.shape[1])
+    idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device))
+    uniform = 1.0 / (idx.shape[1] + 1)  # ignored rows: a harmless valid teacher
+    fill = uniform if teacher.kind == "probs" else math.log(uniform)
+    values = torch.where(valid[:, None], teacher.values.reshape(n, teacher.values.shape[-1]).to(cdtype), fill)
+    # a rest below the rounding noise of summing k values is taken as exactly 0 (e.g. k = V)
+    noise = 4 * (idx.shape[1] + 1) * torch.finfo(teacher.values.dtype).eps
+    if teacher.kind == "probs":
+        total = values.sum(-1, keepdim=True)
+        if is_validation_enabled() and bool(
+            (valid[:, None] & ((values < 0) | (total > 1 + sum_tolerance(teacher.values.dtype)))).any()
+        ):
+            raise ValueError("TopK.values (probs) must be >= 0 and sum to at most 1 per token")
+        log_top = log_of_probs(values)
+        rest = 1.0 - total
+        log_rest = torch.where(rest > noise, torch.log(torch.where(rest > noise, rest, 1.0)), -INF)
+    else:
+        log_top = values
+        lse = torch.logsumexp(values, -1, keepdim=True)
+        if is_validation_enabled() and bool((valid[:, None] & (lse > sum_tolerance(teacher.values.dtype))).any()):
+            raise ValueError("TopK.values (log_probs) must have logsumexp <= 0 per token (mass at most 1)")
+        rest = -torch.expm1(lse)
+        log_rest = torch.where(rest > noise, torch.log(torch.where(rest > noise, rest, 1.0)), -INF)
+    log_q = log_softmax(student, -1)
+    in_top = torch.zeros_like(student, dtype=torch.bool).scatter(1, idx, True)
+    q_rest = torch.logsumexp(torch.where(in_top, -INF, log_q), -1, keepdim=True)
+    log_s = torch.cat([log_q.gather(1, idx), q_rest], -1)
+    log_t = torch.cat([log_top, log_rest], -1)
+    return log_softmax(log_s, -1), log_softmax(log_t, -1)
+
+
+def reference_rows(
+    divergence: Divergence,
+    student: Tensor,
+    teacher: Tensor | TopK,
+    teacher_kind: TeacherKind,
+    valid: Tensor,
+    temperature: float,
+    coef: float,
+    normalized: bool,
+    cdtype: torch.dtype,
+) -> Tensor:
+    """Per-row values (N,) by autograd through the discrete-core kernels; 0 at ignored rows."""
+    n, vocab = student.shape
+    s = torch.where(valid[:, None], student.to(cdtype), 0.0)
+    if isinstance(teacher, TopK) and teacher.rest == "mass":
+        log_s, log_t = topk_mass_rows(teacher, s, valid, cdtype)
+        ratio = None
+    else:
+        if isinstance(teacher, TopK):
+            t, size = topk_dense(teacher, n, vocab, valid, cdtype)
+        else:
+            t = teacher.reshape(n, teacher.shape[-1]).to(cdtype)
+            t = torch.where(valid[:, None], t, 0.0)
+            if teacher_kind == "probs":
+                check_probs("teacher", t, valid, teacher.dtype)
+                t = log_of_probs(torch.where(valid[:, None], t, 1.0))
+            size = max(vocab, t.shape[1])
+        s, t = pad_vocab(s, size), pad_vocab(t, size)
+        # rows of ignored tokens must stay valid distributions: give them a finite teacher
+        t = torch.where(valid[:, None], t, 0.0)
+        ratio = _logit_difference(t, s, temperature)
+        if temperature != 1.0:
+            s, t = s / temperature, t / temperature
+        log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
+    values = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
+    return torch.where(valid, values, 0.0)
+
+
+def cross_entropy_rows(student: Tensor, labels: Tensor, valid: Tensor, cdtype: torch.dtype) -> Tensor:
+    """``-log softmax(student)[label]`` per row (N,), 0 at ignored rows; +inf where the label's logit is -inf."""
+    vocab = student.shape[1]
+    lab = torch.where(valid, labels.reshape(-1), 0)
+    if is_validation_enabled() and bool(((lab < 0) | (lab >= vocab)).any()):
+        bad = int(lab[(lab < 0) | (lab >= vocab)][0])
+        raise ValueError(f"labels holds {bad}, outside [0, {vocab}) for a valid token (and not ignore_index)")
+    s = torch.where(valid[:, None], student.to(cdtype), 0.0)
+    ce = -log_softmax(s, -1).gather(1, lab[:, None])[:, 0]
+    return torch.where(valid, ce, 0.0)
+
+
+def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> Tensor | None:
+    """A gradient computed in forward times the incoming ``grad_output`` (per row for ``reduction="none"``);
+    returned without a copy when ``grad_output`` is 1 (the usual ``loss.backward()``)."""
+    if g is None:
+        return None
+    if per_row:
+        return (g.to(grad_output.dtype) * grad_output[:, None]).to(g.dtype)
+    if bool(grad_output == 1):
+        return g
+    return (g.to(grad_output.dtype) * grad_output).to(g.dtype)
