@@ -57,14 +57,17 @@ from kldiv.losses.options import (
     TeacherKind,
     TopK,
     check_choice,
+    check_labels,
     check_logits_tensor,
     check_options,
+    check_probs,
     check_rows,
     check_topk,
+    check_topk_values,
     compute_dtype,
     valid_rows,
 )
-from kldiv.losses.rows import cross_entropy_rows, reduce_rows, reference_rows, weighted
+from kldiv.losses.rows import cross_entropy_rows, reduce_rows, reference_rows, rows_per_chunk, weighted
 from kldiv.losses.sparse import chunked_teacher_rows
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,15 +113,22 @@ def _loss(
     cdtype = compute_dtype(*dtypes)
     valid = valid_rows(batch_shape, labels, ignore_index, mask, student.device)
     flat_s = student.reshape(n, vocab)
+    flat_t = None if isinstance(teacher, TopK) else teacher.reshape(n, teacher.shape[-1])
+    # the teacher's values, unless the fused Function checks them (logits: only once a row is not finite)
+    if flat_t is None:
+        assert isinstance(teacher, TopK)
+        check_topk_values(teacher, valid, vocab, t_value)
+    elif teacher_kind == "probs":
+        check_probs("teacher", flat_t, valid, rows_per_chunk(chunk_size, flat_t.shape[1]))
+    elif teacher_kind == "log_probs" or implementation == "naive":
+        check_rows("teacher", flat_t, valid, t_value, log_probs=teacher_kind == "log_probs")
+    if ce_weight:
+        assert labels is not None
+        check_labels(labels.reshape(-1), valid, vocab, ignore_index)
     if implementation == "naive":
         check_rows("student_logits", flat_s, valid, t_value)
-        if not isinstance(teacher, TopK) and teacher_kind != "probs":
-            flat_t = teacher.reshape(n, teacher.shape[-1])
-            check_rows("teacher", flat_t, valid, t_value, log_probs=teacher_kind == "log_probs")
-        values = weighted(
-            kl_weight,
-            reference_rows(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype),
-        )
+        rows = reference_rows(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
+        values = weighted(kl_weight, rows)
         if ce_weight:
             assert labels is not None
             values = values + ce_weight * cross_entropy_rows(flat_s, labels, valid, cdtype)
@@ -128,7 +138,7 @@ def _loss(
         values = chunked_teacher_rows(
             divergence,
             flat_s,
-            teacher if isinstance(teacher, TopK) else teacher.reshape(n, teacher.shape[-1]),
+            teacher if flat_t is None else flat_t,
             valid,
             teacher_kind=teacher_kind,
             temperature=t_value,
@@ -140,10 +150,8 @@ def _loss(
             labels=lab,
             chunk_size=chunk_size,
         )
-    else:  # the chunked Function checks logits itself, as soon as a chunk is not finite
-        flat_t = teacher.reshape(n, teacher.shape[-1])
-        if teacher_kind == "log_probs":
-            check_rows("teacher", flat_t, valid, t_value, log_probs=True)
+    else:
+        assert flat_t is not None
         values = chunked_rows(
             divergence,
             flat_s,

@@ -36,7 +36,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
 from kldiv.losses.chunked import fill_rows
-from kldiv.losses.options import Divergence, Reduction, check_options, compute_dtype, valid_rows
+from kldiv.losses.options import Divergence, Reduction, check_labels, check_options, compute_dtype, valid_rows
 from kldiv.losses.rows import row_scale, rows_per_chunk, scale_precomputed
 
 Direction = Literal["forward", "reverse", "symmetric"]
@@ -324,13 +324,7 @@ def _fused(
     if loss.ce_weight:
         assert labels is not None
         targets = labels.to(torch.int64)
-        out_of_range = valid & ((targets < 0) | (targets >= v))
-        if bool(out_of_range.any()):  # always checked: the kernels index by the labels
-            i = int(out_of_range.nonzero()[0, 0])
-            raise ValueError(
-                f"labels holds {int(targets[i])} at index {i}, outside [0, {v}) (V of weight) for a valid token "
-                f"(and not ignore_index={ignore_index})"
-            )
+        check_labels(targets, valid, v, ignore_index, vocab_of="weight")
     chunk_rows = rows_per_chunk(chunk_size, max(v, t.vocab), _ROWS_PER_CHUNK)
     out: Tensor = FusedLinearDivergence.apply(  # type: ignore[no-untyped-call]
         hidden, weight, bias, valid, targets, loss, reduction, chunk_rows, *t

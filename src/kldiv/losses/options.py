@@ -6,6 +6,7 @@ was received. Row checks run one cheap pass (the row maxima) and diagnose in ful
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -38,7 +39,13 @@ class TopK:
       from its top k). A rest below the rounding noise of the sum (``4 (k + 1) eps``) counts as exactly 0.
 
     Indices must be distinct within a token; an index beyond the student's vocabulary is teacher mass the
-    student cannot represent (see the vocabulary policy of :mod:`kldiv.losses.functional`).
+    student cannot represent (see the vocabulary policy of :mod:`kldiv.losses.functional`): with any mass there
+    ``KL(P||Q)`` is +inf. Such ids are merged into one entry (only their total mass matters to every loss
+    here), so an id of 2^40 costs no more than one of V.
+
+    The values of valid tokens are checked like a dense teacher's: a NaN or +inf, a row with no mass (all
+    ``-inf``, or all 0 for probabilities; allowed with ``rest="mass"``, where it is all "rest"), probabilities
+    outside [0, 1], or values that overflow at the temperature raise ``ValueError`` naming the row and entry.
     """
 
     indices: Tensor
@@ -103,7 +110,8 @@ def valid_rows(
 
 
 def check_rows(name: str, x: Tensor, valid: Tensor, temperature: float, *, log_probs: bool = False) -> None:
-    """Check the valid rows of flat logits ``x`` (N, V): no NaN or +inf, not all ``-inf``, no overflow at ``T``.
+    """Check the valid rows of flat logits ``x`` (N, V): no NaN or +inf, not all ``-inf``, no overflow at ``T``;
+    with ``log_probs``, also normalized. Errors name the row and entry (row = token of the flattened batch).
 
     One pass (the row maxima); the full diagnosis (which entry) runs only once something is wrong.
     """
@@ -118,11 +126,26 @@ def check_rows(name: str, x: Tensor, valid: Tensor, temperature: float, *, log_p
         ok = not bool((valid & ~(lse.abs() <= sum_tolerance(x.dtype))).any())
     if ok:
         return
-    rows = x.detach()[valid]
+    # ignored rows may hold anything: a harmless row in their place keeps the indices of the others
+    rows = torch.where(valid[:, None], x.detach(), -math.log(x.shape[1]) if log_probs else 0.0)
     check_log_space(name, rows, 1, x.dtype, log_probs=log_probs)
+    row = int(bad.nonzero()[0, 0])
     raise ValueError(
-        f"{name} / temperature overflows (temperature={temperature:g}); use a larger temperature or smaller logits"
+        f"{name} / temperature overflows in row {row} (max {float(top[row]):g}, temperature={temperature:g}); "
+        "use a larger temperature or smaller logits"
     )
+
+
+def check_labels(labels: Tensor, valid: Tensor, vocab: int, ignore_index: int, vocab_of: str = "the student") -> None:
+    """Raise unless the flat ``labels`` (N,) of the valid tokens lie in ``[0, vocab)``, naming the first that does
+    not (always checked: the kernels index by the labels)."""
+    out_of_range = valid & ((labels < 0) | (labels >= vocab))
+    if bool(out_of_range.any()):
+        i = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"labels holds {int(labels[i])} at index {i}, outside [0, {vocab}) (V of {vocab_of}) for a valid token "
+            f"(and not ignore_index={ignore_index})"
+        )
 
 
 def check_options(reduction: str, temperature: float, implementation: str) -> float:
@@ -134,16 +157,24 @@ def check_options(reduction: str, temperature: float, implementation: str) -> fl
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_probs(name: str, p: Tensor, valid: Tensor, dtype: torch.dtype) -> None:
+def check_probs(name: str, p: Tensor, valid: Tensor, step: int) -> None:
     """Raise unless the valid rows of ``p`` (N, V) are probabilities: finite, >= 0, summing to 1 within the
-    tolerance of ``dtype``, the dtype they were given in (``p`` may be an upcast copy)."""
+    tolerance of ``p``'s dtype, checked ``step`` rows at a time (no N x V temporaries). Errors name the row (token
+    of the flattened batch) and the entry."""
     if not is_validation_enabled() or p.numel() == 0:
         return
-    rows = p.detach()[valid]
-    sums = rows.sum(-1)
-    tol = sum_tolerance(dtype)
-    if bool((rows < 0).any()) or not bool(torch.isfinite(rows).all()) or bool(((sums - 1).abs() > tol).any()):
-        raise ValueError(f"{name} must hold probabilities: finite, >= 0 and summing to 1 (tolerance {tol:.2g})")
+    tol = sum_tolerance(p.dtype)
+    x = p.detach()
+    for i0 in range(0, x.shape[0], step):
+        rows, ok = x[i0 : i0 + step].to(compute_dtype(x.dtype)), valid[i0 : i0 + step, None]
+        _raise_at(name, x, ok & ~(torch.isfinite(rows) & (rows >= 0)), "probabilities must be finite and >= 0", i0)
+        sums = rows.sum(-1)
+        _raise_in_row(
+            ok[:, 0] & ((sums - 1).abs() > tol),
+            sums,
+            f"{name} sums to {{value}} in row {{row}}; probabilities must sum to 1 (tolerance {tol:.2g})",
+            i0,
+        )
 
 
 def check_topk(teacher: TopK, batch_shape: torch.Size, temperature: float) -> None:
@@ -171,6 +202,75 @@ def check_topk(teacher: TopK, batch_shape: torch.Size, temperature: float) -> No
                 f'TopK(rest="mass") needs temperature=1 (got {temperature:g}): the tempered teacher is not known '
                 "from its top k entries"
             )
+
+
+def check_topk_values(teacher: TopK, valid: Tensor, vocab: int, temperature: float) -> None:
+    """Check the valid rows of ``TopK.values`` (and, for ``rest="mass"``, the ids against the student's ``vocab``).
+
+    Logits and log-probabilities: no NaN or +inf, no overflow at the temperature, and with ``"renormalize"`` not
+    all ``-inf`` (no mass to renormalize). Probabilities: finite, in [0, 1], and with ``"renormalize"`` not all 0.
+    With ``"mass"`` the k values must hold at most mass 1 (the rest is ``1 - sum``; all of it may be the rest).
+    Errors name the row (token of the flattened batch) and the entry.
+    """
+    if teacher.rest == "mass":
+        check_mass_indices(teacher.indices.reshape(-1, teacher.indices.shape[-1]), valid, vocab)
+    if not is_validation_enabled() or teacher.values.numel() == 0:
+        return
+    values = teacher.values.detach().reshape(-1, teacher.values.shape[-1])
+    name = f"TopK.values ({teacher.kind})"
+    tol = sum_tolerance(values.dtype)
+    x = values.to(compute_dtype(values.dtype))
+    if teacher.kind == "probs":
+        entry_ok = torch.isfinite(x) & (x >= 0) & (x <= 1)
+        _raise_at(name, values, valid[:, None] & ~entry_ok, "probabilities must be finite and in [0, 1]")
+        total = x.sum(-1)
+        if teacher.rest == "mass":
+            _raise_in_row(
+                valid & (total > 1 + tol),
+                total,
+                f"{name} sums to {{value}} in row {{row}}; with rest='mass' the k probabilities must sum to at most 1",
+            )
+        _raise_in_row(
+            valid & (total == 0) & (teacher.rest == "renormalize"),
+            total,
+            f"{name} is 0 everywhere in row {{row}}: no teacher mass to renormalize",
+        )
+        top = x.amax(-1)
+        log_top = torch.log(torch.where(top > 0, top, 1.0))
+        _raise_in_row(
+            valid & ~torch.isfinite(log_top / temperature),
+            top,
+            f"log {name} / temperature overflows "
+            f"in row {{row}} (max {{value}}, temperature={temperature:g}); use a larger temperature",
+        )
+        return
+    if teacher.rest == "renormalize":
+        check_rows(name, values, valid, temperature)
+        return
+    _raise_at(name, values, valid[:, None] & (torch.isnan(x) | (x == math.inf)), "NaN and +inf are not allowed")
+    lse = torch.logsumexp(x, -1)
+    _raise_in_row(
+        valid & (lse > tol),
+        lse,
+        f"{name} has logsumexp {{value}} in row {{row}}; with rest='mass' "
+        "the log-probabilities must have logsumexp <= 0 (mass at most 1)",
+    )
+
+
+def _raise_at(name: str, x: Tensor, bad: Tensor, what: str, offset: int = 0) -> None:
+    """Raise naming the first (row, entry) where ``bad`` holds (rows ``offset`` onwards of ``x``)."""
+    if bool(bad.any()):
+        row, entry = (int(i) for i in bad.nonzero()[0])
+        row += offset
+        raise ValueError(f"{name} has {float(x[row, entry])!r} in row {row}, entry {entry}; {what}")
+
+
+def _raise_in_row(bad: Tensor, per_row: Tensor, message: str, offset: int = 0) -> None:
+    """Raise ``message`` (with ``{row}`` and ``{value}``) for the first row where ``bad`` holds; ``per_row`` and
+    ``bad`` hold rows ``offset`` onwards."""
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(message.format(row=row + offset, value=repr(float(per_row[row]))))
 
 
 def check_mass_indices(indices: Tensor, valid: Tensor, vocab: int) -> None:

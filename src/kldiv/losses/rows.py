@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldiv._numerics import INF, log_softmax
-from kldiv._validate import is_validation_enabled, sum_tolerance
 from kldiv.discrete import _log_mixture, _logit_difference, js_log, kl_log
-from kldiv.losses.options import Divergence, TeacherKind, TopK, check_mass_indices, check_probs
+from kldiv.losses.options import Divergence, TeacherKind, TopK
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
 """Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
@@ -121,49 +120,57 @@ def log_of_probs(p: Tensor) -> Tensor:
     return torch.where(support, torch.log(torch.where(support, p, 1.0)), -INF)
 
 
-def topk_dense(teacher: TopK, n: int, vocab: int, valid: Tensor, cdtype: torch.dtype) -> tuple[Tensor, int]:
-    """Untempered teacher logits over ``max(vocab, max index + 1)`` ids: the k values, ``-inf`` elsewhere."""
-    idx = teacher.indices.reshape(n, teacher.indices.shape[-1])
-    values = teacher.values.reshape(n, teacher.values.shape[-1]).to(cdtype)
-    idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device))
-    values = torch.where(valid[:, None], values, 0.0)
-    size = max(vocab, int(idx.max()) + 1) if idx.numel() else vocab
+def topk_dense(teacher: TopK, valid: Tensor, vocab: int, temperature: float, cdtype: torch.dtype) -> Tensor:
+    """Untempered teacher logits (N, vocab) from a top-k teacher: the k values at their ids, ``-inf`` elsewhere;
+    one more column (N, vocab + 1) when a valid row has ids beyond the student's vocabulary.
+
+    That column stands for every id ``>= vocab`` at once: it holds ``T logsumexp(r / T)`` of their values ``r``
+    (logits, or ``log p``), so the tempered teacher gives it their total mass. The student has no mass there,
+    and each divergence here depends on such ids only through the teacher's total mass on them (KL(P||Q) is
+    +inf, KL(Q||P) gains 0, the JSD gains ``beta log(1 / beta)`` times it), so the merge is exact and nothing is
+    allocated in proportion to the ids. Ignored rows get a harmless teacher.
+    """
+    n, k = valid.shape[0], teacher.indices.shape[-1]
+    idx = torch.where(valid[:, None], teacher.indices.reshape(n, k), 0)
+    values = teacher.values.reshape(n, k).to(cdtype)
     if teacher.kind == "probs":
-        if is_validation_enabled() and bool((valid[:, None] & ~((values >= 0) & (values <= 1))).any()):
-            raise ValueError("TopK.values (probs) must be in [0, 1]")
-        values = torch.where(valid[:, None], values, 1.0)
-    raw = log_of_probs(values) if teacher.kind == "probs" else values
-    dense = torch.full((n, size), -INF, dtype=cdtype, device=values.device).scatter(1, idx, raw)
-    return dense, size
+        raw = log_of_probs(torch.where(valid[:, None], values, 1.0))
+    else:
+        raw = torch.where(valid[:, None], values, 0.0)
+    inside = idx < vocab
+    dense = torch.full((n, vocab + 1), -INF, dtype=cdtype, device=values.device)
+    dense = dense.scatter(1, torch.where(inside, idx, vocab), torch.where(inside, raw, -INF))[:, :vocab]
+    if bool(inside.all()):
+        return dense
+    return torch.cat([dense, temperature * _logsumexp(torch.where(inside, -INF, raw) / temperature)], 1)
+
+
+def _logsumexp(x: Tensor) -> Tensor:
+    """``logsumexp`` over the last dim, kept: ``-inf`` with a zero gradient (not NaN) on rows of all ``-inf``."""
+    top = x.detach().amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    total = torch.exp(x - top).sum(-1, keepdim=True)
+    some = total > 0
+    return torch.where(some, torch.log(torch.where(some, total, 1.0)) + top, -INF)
 
 
 def topk_mass_rows(teacher: TopK, student: Tensor, valid: Tensor, cdtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the k ids and "the rest": shape (N, k + 1), normalized."""
     n = student.shape[0]
     idx = teacher.indices.reshape(n, teacher.indices.shape[-1])
-    check_mass_indices(idx, valid, student.shape[1])
-    idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device))
+    idx = torch.where(valid[:, None], idx, torch.arange(idx.shape[1], device=idx.device) % student.shape[1])
     uniform = 1.0 / (idx.shape[1] + 1)  # ignored rows: a harmless valid teacher
     fill = uniform if teacher.kind == "probs" else math.log(uniform)
     values = torch.where(valid[:, None], teacher.values.reshape(n, teacher.values.shape[-1]).to(cdtype), fill)
     # a rest below the rounding noise of summing k values is taken as exactly 0 (e.g. k = V)
     noise = 4 * (idx.shape[1] + 1) * torch.finfo(teacher.values.dtype).eps
     if teacher.kind == "probs":
-        total = values.sum(-1, keepdim=True)
-        if is_validation_enabled() and bool(
-            (valid[:, None] & ((values < 0) | (total > 1 + sum_tolerance(teacher.values.dtype)))).any()
-        ):
-            raise ValueError("TopK.values (probs) must be >= 0 and sum to at most 1 per token")
         log_top = log_of_probs(values)
-        rest = 1.0 - total
-        log_rest = torch.where(rest > noise, torch.log(torch.where(rest > noise, rest, 1.0)), -INF)
+        rest = 1.0 - values.sum(-1, keepdim=True)
     else:
         log_top = values
-        lse = torch.logsumexp(values, -1, keepdim=True)
-        if is_validation_enabled() and bool((valid[:, None] & (lse > sum_tolerance(teacher.values.dtype))).any()):
-            raise ValueError("TopK.values (log_probs) must have logsumexp <= 0 per token (mass at most 1)")
-        rest = -torch.expm1(lse)
-        log_rest = torch.where(rest > noise, torch.log(torch.where(rest > noise, rest, 1.0)), -INF)
+        rest = -torch.expm1(torch.logsumexp(values, -1, keepdim=True))
+    log_rest = torch.where(rest > noise, torch.log(torch.where(rest > noise, rest, 1.0)), -INF)
     log_q = log_softmax(student, -1)
     in_top = torch.zeros_like(student, dtype=torch.bool).scatter(1, idx, True)
     q_rest = torch.logsumexp(torch.where(in_top, -INF, log_q), -1, keepdim=True)
@@ -183,7 +190,11 @@ def reference_rows(
     normalized: bool,
     cdtype: torch.dtype,
 ) -> Tensor:
-    """Per-row values (N,) by autograd through the discrete-core kernels; 0 at ignored rows."""
+    """Per-row values (N,) by autograd through the discrete-core kernels; 0 at ignored rows.
+
+    The teacher's values are checked by the caller (:func:`~kldiv.losses.options.check_rows`,
+    :func:`~kldiv.losses.options.check_probs`, :func:`~kldiv.losses.options.check_topk_values`).
+    """
     n, vocab = student.shape
     s = torch.where(valid[:, None], student.to(cdtype), 0.0)
     if isinstance(teacher, TopK) and teacher.rest == "mass":
@@ -191,14 +202,12 @@ def reference_rows(
         ratio = None
     else:
         if isinstance(teacher, TopK):
-            t, size = topk_dense(teacher, n, vocab, valid, cdtype)
+            t = topk_dense(teacher, valid, vocab, temperature, cdtype)
         else:
             t = teacher.reshape(n, teacher.shape[-1]).to(cdtype)
-            t = torch.where(valid[:, None], t, 0.0)
             if teacher_kind == "probs":
-                check_probs("teacher", t, valid, teacher.dtype)
                 t = log_of_probs(torch.where(valid[:, None], t, 1.0))
-            size = max(vocab, t.shape[1])
+        size = max(vocab, t.shape[1])
         s, t = pad_vocab(s, size), pad_vocab(t, size)
         # rows of ignored tokens must stay valid distributions: give them a finite teacher
         t = torch.where(valid[:, None], t, 0.0)
@@ -211,12 +220,9 @@ def reference_rows(
 
 
 def cross_entropy_rows(student: Tensor, labels: Tensor, valid: Tensor, cdtype: torch.dtype) -> Tensor:
-    """``-log softmax(student)[label]`` per row (N,), 0 at ignored rows; +inf where the label's logit is -inf."""
-    vocab = student.shape[1]
+    """``-log softmax(student)[label]`` per row (N,), 0 at ignored rows; +inf where the label's logit is -inf
+    (the labels of valid rows are checked by the caller: :func:`~kldiv.losses.options.check_labels`)."""
     lab = torch.where(valid, labels.reshape(-1), 0)
-    if is_validation_enabled() and bool(((lab < 0) | (lab >= vocab)).any()):
-        bad = int(lab[(lab < 0) | (lab >= vocab)][0])
-        raise ValueError(f"labels holds {bad}, outside [0, {vocab}) for a valid token (and not ignore_index)")
     s = torch.where(valid[:, None], student.to(cdtype), 0.0)
     ce = -log_softmax(s, -1).gather(1, lab[:, None])[:, 0]
     return torch.where(valid, ce, 0.0)

@@ -28,13 +28,11 @@ from kldiv.losses.options import (
     Reduction,
     TeacherKind,
     TopK,
-    check_mass_indices,
     check_rows,
     compute_dtype,
 )
 from kldiv.losses.rows import (
     cross_entropy_rows,
-    pad_vocab,
     reduce_rows,
     reference_rows,
     row_scale,
@@ -49,9 +47,7 @@ class RowSpec:
     """The validated options of :class:`ChunkedTeacherRows`.
 
     ``rest`` is the top-k teacher's rest policy, or None for a dense probability teacher; ``kind`` is ``TopK.kind``
-    or ``teacher_kind``. ``width``: the student is padded with ``-inf`` to this many ids before the reference runs
-    (the dense width of a renormalized top-k teacher over the whole batch, so every chunk has the naive path's
-    shape). The per-row value is ``kl_weight * divergence + ce_weight * CE``.
+    or ``teacher_kind``. The per-row value is ``kl_weight * divergence + ce_weight * CE``.
     """
 
     divergence: Divergence
@@ -64,7 +60,6 @@ class RowSpec:
     kl_weight: float
     ce_weight: float
     chunk_rows: int
-    width: int
 
 
 def _reference_rows(
@@ -76,9 +71,8 @@ def _reference_rows(
     if spec.rest is not None:
         assert indices is not None
         source = TopK(indices, teacher, kind=spec.kind, rest=spec.rest)
-    padded = pad_vocab(student, spec.width) if spec.rest == "renormalize" else student
     naive = reference_rows(
-        spec.divergence, padded, source, spec.kind, valid, spec.temperature, spec.coef, spec.normalized, cdtype
+        spec.divergence, student, source, spec.kind, valid, spec.temperature, spec.coef, spec.normalized, cdtype
     )
     values = weighted(spec.kl_weight, naive)
     if spec.ce_weight:
@@ -190,28 +184,19 @@ def chunked_teacher_rows(
     """The reduced loss of flat student rows (N, V) and a top-k or probability teacher by
     :class:`ChunkedTeacherRows` (arguments validated as in :func:`kldiv.losses.functional._loss`).
 
-    ``chunk_size`` is the number of rows per chunk; by default ``2^18 // width`` (at least 1),
-    ``width`` the widest row of the chunk: the student's, the dense teacher's or the top-k teacher's ids.
+    ``chunk_size`` is the number of rows per chunk; by default ``2^18 // width`` (at least 1), ``width`` the
+    wider of the student's and a dense teacher's vocabularies.
     """
     n, vocab = student.shape
-    width = vocab
     indices = None
     if isinstance(teacher, TopK):
         indices = teacher.indices.reshape(n, teacher.indices.shape[-1])
         values = teacher.values.reshape(n, teacher.values.shape[-1])
         kind, rest = teacher.kind, teacher.rest
-        if rest == "mass":
-            check_mass_indices(indices, valid, vocab)
-        else:
-            top = indices[valid]
-            width = max(vocab, int(top.max()) + 1) if top.numel() else vocab
     else:
         values, kind, rest = teacher, teacher_kind, None
-        width = max(vocab, teacher.shape[1])
-    chunk_rows = rows_per_chunk(chunk_size, width)
-    spec = RowSpec(
-        divergence, kind, rest, temperature, coef, normalized, reduction, kl_weight, ce_weight, chunk_rows, width
-    )
+    chunk_rows = rows_per_chunk(chunk_size, max(vocab, values.shape[1] if rest is None else 0))
+    spec = RowSpec(divergence, kind, rest, temperature, coef, normalized, reduction, kl_weight, ce_weight, chunk_rows)
     if not (torch.is_grad_enabled() and (student.requires_grad or values.requires_grad)):
         rows = fill_rows(spec, student, values, indices, valid, labels, None, None)
         return reduce_rows(rows, valid, reduction, vocab, rows.shape)
