@@ -48,6 +48,7 @@ from kldiv.losses.options import Divergence, check_rows, compute_dtype
 from kldiv.losses.rows import (
     divergence_grads,
     divergence_rows,
+    logit_ratio,
     pad_vocab,
     row_scale,
     rows_per_chunk,
@@ -380,13 +381,13 @@ def _general_rows(
     inv_t = 1.0 / temperature
     s = torch.where(ok[:, None], pad_vocab(student.to(cdtype), size), 0.0)
     t = torch.where(ok[:, None], pad_vocab(teacher.to(cdtype), size), 0.0)
-    ratio = _logit_difference(t, s, temperature)
+    ratio = logit_ratio(t, s, temperature)
     s_raw = s
     if temperature != 1.0:
         s, t = s * inv_t, t * inv_t
     log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
-    val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
-    gs, gt = divergence_grads(divergence, log_s, log_t, coef, normalized)
+    val = divergence_rows(divergence, log_s, log_t, ratio.to(cdtype), coef, normalized)
+    gs, gt = divergence_grads(divergence, log_s, log_t, coef, normalized, ratio)
     row_w = ((ok & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
     gs = gs * row_w
     total = weighted(kl_weight, val)

@@ -15,7 +15,9 @@ The per-token values are those of the discrete core (:func:`kldiv.kl_from_logits
 :func:`kldiv.generalized_js_from_logits`), computed by the same kernels, with the same edge semantics: a
 ``-inf`` logit is an exact zero probability; a teacher ``-inf`` contributes 0 to ``KL(P||Q)``; a student
 ``-inf`` where the teacher has mass gives +inf (and vice versa for the reverse KL). Gradients are finite
-wherever the value is finite.
+wherever the value is finite; on every path a token whose divergence is +inf gets no gradient from it (the
+value, not the gradient, reports the impossibility; the hard-label term of :func:`distillation_loss` keeps its
+gradient ``softmax - onehot``).
 
 Options shared by every loss
 ----------------------------
@@ -33,12 +35,13 @@ Options shared by every loss
   (which renormalizes it over them), pass ``teacher_logits[..., :V_student]``.
 * Precision: float16/bfloat16 inputs are upcast to float32 before any arithmetic; the result is float32
   (float64 for float64 inputs), and gradients return in the input dtype.
-* ``implementation``: ``"naive"`` is plain autograd through the discrete-core kernels over the whole batch (the
-  reference; a top-k teacher is densified to N x V). ``"chunked"`` and ``"auto"`` (the same) walk the rows in
-  chunks of ``chunk_size`` rows (default ``2^18 // V``) with gradients computed in forward, so intermediates are
-  O(chunk x V): logits and log-prob teachers take the fused closed-form Function of :mod:`kldiv.losses.chunked`;
-  probabilities and top-k teachers take :mod:`kldiv.losses.sparse`, which runs the naive kernels chunk by chunk
-  (the same values and gradients, the same validation).
+* ``implementation``: ``"naive"`` runs the discrete-core kernels over the whole batch, with the closed-form
+  gradients of :class:`kldiv.losses.rows.RowDivergence` (the reference; a top-k teacher is densified to
+  N x V). ``"chunked"`` and ``"auto"`` (the same) walk the rows in chunks of ``chunk_size`` rows (default
+  ``2^18 // V``) with gradients computed in forward, so intermediates are O(chunk x V): logits and log-prob
+  teachers take the fused closed-form Function of :mod:`kldiv.losses.chunked`; probabilities and top-k teachers
+  take :mod:`kldiv.losses.sparse`, which runs the naive kernels chunk by chunk (the same values and gradients,
+  the same validation).
 """
 
 from __future__ import annotations
