@@ -246,7 +246,10 @@ def _kl_chunk_fast(
         if not every:  # ignored rows may hold anything: compute on zeros, then zero their value and gradient
             student = torch.where(ok[:, None], student, 0.0)
             teacher = torch.where(ok[:, None], teacher, 0.0)
-        val = _kl_rows(w_f, student, teacher, 1.0 / temperature, weight, grad_s, work)
+        # with the hard-label term, a float16/bfloat16 gradient is summed in the compute dtype and rounded once
+        summed = ce_weight and grad_s.dtype != cdtype
+        g = torch.empty(grad_s.shape, dtype=cdtype, device=grad_s.device) if summed else grad_s
+        val = _kl_rows(w_f, student, teacher, 1.0 / temperature, weight, g, work)
         ce = None
         if ce_weight:
             assert labels is not None
@@ -254,7 +257,9 @@ def _kl_chunk_fast(
             log_s1 = torch.log_softmax(student.to(cdtype), -1)
             ce = -log_s1.gather(1, lab)[:, 0]
             g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
-            grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
+            g.add_(g_ce)
+            if summed:
+                grad_s.copy_(g)
     bad = ok & ~torch.isfinite(val)
     if work is not None:  # the torch path's small values, recomputed cancellation-free (the C kernel does it itself)
         need = ok & ~bad & (val < _REFINE_BELOW)

@@ -130,11 +130,12 @@ def _loss(
         check_labels(labels.reshape(-1), valid, vocab, ignore_index)
     if implementation == "naive":
         check_rows("student_logits", flat_s, valid, t_value)
-        rows = reference_rows(divergence, flat_s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
+        s = flat_s.to(cdtype)  # once: the gradients of both terms meet in cdtype and are rounded once
+        rows = reference_rows(divergence, s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
         values = weighted(kl_weight, rows)
         if ce_weight:
             assert labels is not None
-            values = values + ce_weight * cross_entropy_rows(flat_s, labels, valid, cdtype)
+            values = values + ce_weight * cross_entropy_rows(s, labels, valid, cdtype)
         return reduce_rows(values, valid, reduction, vocab, batch_shape)
     lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
     if isinstance(teacher, TopK) or teacher_kind == "probs":

@@ -67,6 +67,7 @@ def _reference_rows(
 ) -> Tensor:
     """Per-row values of one chunk by the naive path's kernels (0 at ignored rows)."""
     cdtype = compute_dtype(student.dtype, teacher.dtype)
+    student = student.to(cdtype)  # once: the gradients of both terms meet in cdtype and are rounded once
     source: Tensor | TopK = teacher
     if spec.rest is not None:
         assert indices is not None
