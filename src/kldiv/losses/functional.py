@@ -32,7 +32,9 @@ Options shared by every loss
   taken as ``log p``, ``log 0 = -inf``; the temperature applies to ``log p`` as to logits), or a :class:`TopK`.
 * Vocabulary sizes may differ: the shorter side is padded with ``-inf`` logits (zero probability). Teacher mass
   on ids the student lacks makes ``KL(P||Q)`` +inf, exactly; to truncate the teacher to the shared ids instead
-  (which renormalizes it over them), pass ``teacher_logits[..., :V_student]``.
+  (which renormalizes it over them), pass ``teacher_logits[..., :V_student]``. When the sizes differ and the
+  loss is +inf, a ``UserWarning`` says so, once per process; so does a ``teacher_kind="logits"`` teacher whose
+  every valid row is >= 0 and sums to 1 (almost surely probabilities).
 * Precision: float16/bfloat16 inputs are upcast to float32 before any arithmetic; the result is float32
   (float64 for float64 inputs), and gradients return in the input dtype.
 * ``implementation``: ``"naive"`` runs the discrete-core kernels over the whole batch, with the closed-form
@@ -69,6 +71,8 @@ from kldiv.losses.options import (
     check_topk_values,
     compute_dtype,
     valid_rows,
+    warn_if_probabilities,
+    warn_if_vocabularies_make_it_infinite,
 )
 from kldiv.losses.rows import cross_entropy_rows, reduce_rows, reference_rows, rows_per_chunk, weighted
 from kldiv.losses.sparse import chunked_teacher_rows
@@ -125,6 +129,8 @@ def _loss(
         check_probs("teacher", flat_t, valid, rows_per_chunk(chunk_size, flat_t.shape[1]))
     elif teacher_kind == "log_probs" or implementation == "naive":
         check_rows("teacher", flat_t, valid, t_value, log_probs=teacher_kind == "log_probs")
+    if flat_t is not None and teacher_kind == "logits":
+        warn_if_probabilities("teacher", flat_t, valid, stacklevel=3)
     if ce_weight:
         assert labels is not None
         check_labels(labels.reshape(-1), valid, vocab, ignore_index)
@@ -136,7 +142,9 @@ def _loss(
         if ce_weight:
             assert labels is not None
             values = values + ce_weight * cross_entropy_rows(s, labels, valid, cdtype)
-        return reduce_rows(values, valid, reduction, vocab, batch_shape)
+        values = reduce_rows(values, valid, reduction, vocab, batch_shape)
+        _warn_if_vocabularies_make_it_infinite(values, vocab, teacher, valid)
+        return values
     lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
     if isinstance(teacher, TopK) or teacher_kind == "probs":
         values = chunked_teacher_rows(
@@ -170,7 +178,17 @@ def _loss(
             labels=lab,
             chunk_size=chunk_size,
         )
+    _warn_if_vocabularies_make_it_infinite(values, vocab, teacher, valid)
     return values.reshape(batch_shape) if reduction == "none" else values
+
+
+def _warn_if_vocabularies_make_it_infinite(value: Tensor, vocab: int, teacher: Tensor | TopK, valid: Tensor) -> None:
+    if isinstance(teacher, TopK):
+        top = teacher.indices.reshape(-1, teacher.indices.shape[-1])[valid]
+        teacher_ids = max(vocab, int(top.max()) + 1) if top.numel() else vocab
+    else:
+        teacher_ids = teacher.shape[-1]
+    warn_if_vocabularies_make_it_infinite(value, vocab, teacher_ids, stacklevel=4)
 
 
 # ----------------------------------------------------------------------------------------------------------

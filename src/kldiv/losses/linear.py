@@ -36,7 +36,16 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
 from kldiv.losses.chunked import fill_rows
-from kldiv.losses.options import Divergence, Reduction, check_labels, check_options, compute_dtype, valid_rows
+from kldiv.losses.options import (
+    Divergence,
+    Reduction,
+    check_labels,
+    check_options,
+    compute_dtype,
+    valid_rows,
+    warn_if_probabilities,
+    warn_if_vocabularies_make_it_infinite,
+)
 from kldiv.losses.rows import row_scale, rows_per_chunk, scale_precomputed
 
 Direction = Literal["forward", "reverse", "symmetric"]
@@ -325,10 +334,13 @@ def _fused(
         assert labels is not None
         targets = labels.to(torch.int64)
         check_labels(targets, valid, v, ignore_index, vocab_of="weight")
+    if t.logits is not None:
+        warn_if_probabilities("teacher", t.logits, valid, stacklevel=3)
     chunk_rows = rows_per_chunk(chunk_size, max(v, t.vocab), _ROWS_PER_CHUNK)
     out: Tensor = FusedLinearDivergence.apply(  # type: ignore[no-untyped-call]
         hidden, weight, bias, valid, targets, loss, reduction, chunk_rows, *t
     )
+    warn_if_vocabularies_make_it_infinite(out, v, t.vocab, stacklevel=3)
     return out
 
 

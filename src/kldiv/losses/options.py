@@ -7,6 +7,7 @@ was received. Row checks run one cheap pass (the row maxima) and diagnose in ful
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -146,6 +147,55 @@ def check_labels(labels: Tensor, valid: Tensor, vocab: int, ignore_index: int, v
             f"labels holds {int(labels[i])} at index {i}, outside [0, {vocab}) (V of {vocab_of}) for a valid token "
             f"(and not ignore_index={ignore_index})"
         )
+
+
+_WARNED: set[str] = set()
+"""The warnings given so far in this process: each is given once."""
+
+
+def warn_once(key: str, message: str, stacklevel: int) -> None:
+    """A ``UserWarning`` the first time ``key`` comes up in this process (a training loop calls a loss often)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+
+
+def warn_if_probabilities(name: str, x: Tensor, valid: Tensor, stacklevel: int) -> None:
+    """Warn once if the logits ``x`` (N, V) are plainly probabilities: every valid row >= 0 and summing to 1
+    within the tolerance of ``x``'s dtype. The first valid row is looked at first, so logits cost O(V)."""
+    if not is_validation_enabled() or x.numel() == 0 or not bool(valid.any()):
+        return
+    tol = sum_tolerance(x.dtype)
+    first = x[int(valid.to(torch.uint8).argmax())].detach()
+    if not bool((first >= 0).all()) or abs(float(first.sum(dtype=torch.float64)) - 1.0) > tol:
+        return
+    rows = x.detach()[valid]
+    if bool((rows >= 0).all()) and bool(((rows.sum(-1, dtype=torch.float64) - 1).abs() <= tol).all()):
+        warn_once(
+            "probabilities as logits",
+            f"{name} holds probabilities (every row >= 0 and summing to 1) but is read as logits; pass "
+            f"teacher_kind='probs' (or their log with teacher_kind='log_probs')",
+            stacklevel + 1,
+        )
+
+
+def warn_if_vocabularies_make_it_infinite(value: Tensor, student_vocab: int, teacher_ids: int, stacklevel: int) -> None:
+    """Warn once if the loss ``value`` is +inf where the vocabularies differ (teacher ids up to ``teacher_ids``
+    against the student's ``student_vocab``): mass on ids one side lacks makes a KL +inf."""
+    if teacher_ids == student_vocab or not bool((value == math.inf).any()):
+        return
+    if teacher_ids > student_vocab:
+        cause = f"the teacher puts mass on ids the student lacks (its ids {student_vocab} to {teacher_ids - 1})"
+        remedy = f"teacher[..., :{student_vocab}] compares over the student's ids (the teacher renormalized there)"
+    else:
+        cause = f"the student puts mass on ids the teacher lacks (its ids {teacher_ids} to {student_vocab - 1})"
+        remedy = f"student_logits[..., :{teacher_ids}] compares over the teacher's ids"
+    warn_once(
+        "vocabularies",
+        f"the loss is +inf: the teacher has {teacher_ids} ids and the student {student_vocab}, and {cause}, "
+        f"where the shorter side has probability 0; {remedy}",
+        stacklevel + 1,
+    )
 
 
 def check_options(reduction: str, temperature: float, implementation: str) -> float:
