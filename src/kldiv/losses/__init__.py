@@ -1,6 +1,5 @@
 """Divergence losses for distillation and RLHF over large vocabularies: functional, chunked and nn.Module forms."""
 
-from kldiv.losses.chunked import ChunkedDivergence
 from kldiv.losses.functional import (
     distillation_loss,
     forward_kl,
@@ -23,7 +22,6 @@ from kldiv.losses.options import TopK
 from kldiv.losses.parallel import vocab_parallel_distillation_loss, vocab_parallel_kl, vocab_parallel_linear_kl
 
 __all__ = [
-    "ChunkedDivergence",
     "DistillationLoss",
     "ForwardKLLoss",
     "FusedLinearDistillationLoss",

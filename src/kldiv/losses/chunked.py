@@ -1,6 +1,8 @@
 """Fused, row-chunked divergence losses: value and gradient in one pass, O(chunk x V) intermediates.
 
-:class:`ChunkedDivergence` is a ``torch.autograd.Function`` whose forward walks the rows (tokens) in chunks;
+:func:`chunked_divergence` is a torch operator (``kldiv::chunked_divergence``, with a fake implementation and
+a registered gradient, so ``torch.compile`` takes it whole, without graph breaks) whose forward walks the rows
+(tokens) in chunks;
 for each chunk it upcasts to float32 (float64 stays float64), computes the per-token values with the kernels of
 the discrete core (:func:`kldiv.losses.rows.divergence_rows`, so the values are those of the naive path)
 and the gradients in closed form, and writes the gradients into preallocated buffers in the input dtype (one
@@ -27,7 +29,7 @@ separate validation pass.
 
 Entries with zero probability get a zero gradient term; rows whose value is +inf get a zero gradient (the
 value, not the gradient, reports the impossibility). Ignored rows: value 0, gradient 0. Double backward is
-not supported.
+not supported. On meta tensors the operator gives the shapes of its outputs.
 """
 
 from __future__ import annotations
@@ -40,11 +42,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._numerics import INF, log_softmax
 from kldiv.discrete import _logit_difference
-from kldiv.losses.options import Divergence, check_rows, compute_dtype
+from kldiv.losses.options import (
+    Divergence,
+    check_labels,
+    check_rows,
+    compute_dtype,
+    warn_if_probabilities,
+    warn_if_vocabularies_make_it_infinite,
+)
 from kldiv.losses.rows import (
     divergence_grads,
     divergence_rows,
@@ -406,69 +414,109 @@ def _general_rows(
     return torch.where(ok, total, 0.0), gs[:, :v_s], (gt * row_w)[:, :v_t]
 
 
-class ChunkedDivergence(torch.autograd.Function):
-    """Per-token ``kl_weight * divergence + ce_weight * CE`` over flat rows, reduced; gradients precomputed.
+_LIBRARY = torch.library.Library("kldiv", "FRAGMENT")  # type: ignore[no-untyped-call]
+_LIBRARY.define(  # type: ignore[no-untyped-call]
+    "chunked_divergence(Tensor student, Tensor teacher, Tensor valid, Tensor? labels, str divergence, "
+    "bool teacher_log_probs, float temperature, float coef, bool normalized, str reduction, float kl_weight, "
+    "float ce_weight, int ignore_index, int chunk_rows, bool teacher_grad) -> (Tensor, Tensor, Tensor)"
+)
 
-    Inputs: ``student`` (N, V_s) and ``teacher`` (N, V_t) logits (or log-probabilities), ``valid`` (N,) bool,
-    ``labels`` (N,) int64 or None. Output: a 0-d tensor, or (N,) for ``reduction="none"``.
+
+def chunked_divergence(
+    student: Tensor,
+    teacher: Tensor,
+    valid: Tensor,
+    labels: Tensor | None,
+    divergence: str,
+    teacher_log_probs: bool,
+    temperature: float,
+    coef: float,
+    normalized: bool,
+    reduction: str,
+    kl_weight: float,
+    ce_weight: float,
+    ignore_index: int,
+    chunk_rows: int,
+    teacher_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The torch operator ``kldiv::chunked_divergence``: per-token ``kl_weight * divergence + ce_weight * CE``
+    over flat rows, reduced, with the gradients of the reduced loss w.r.t. student and teacher.
+
+    Inputs: ``student`` (N, V_s) logits, ``teacher`` (N, V_t) logits (log-probabilities if
+    ``teacher_log_probs``), ``valid`` (N,) bool, ``labels`` (N,) int64 or None; the options are validated by
+    :func:`kldiv.losses.functional._loss`. Outputs: the loss (0-d, or (N,) for ``reduction="none"``), the
+    student's gradient (N, V_s) and the teacher's (N, V_t, or empty unless ``teacher_grad``), each in its input's
+    dtype. The checks that read the data (teacher log-probabilities, labels, and, once a row is not finite, the
+    logits) and the warnings run here, so a compiled caller has no host synchronization of its own.
     """
+    n, v_s = student.shape
+    if teacher_log_probs:
+        check_rows("teacher", teacher, valid, temperature, log_probs=True)
+    else:
+        warn_if_probabilities("teacher", teacher, valid)
+    if ce_weight:
+        assert labels is not None
+        check_labels(labels, valid, v_s, ignore_index)
+    grad_s = torch.empty_like(student)
+    grad_t = torch.empty_like(teacher) if teacher_grad else None
+    values = torch.zeros(n, dtype=compute_dtype(student.dtype, teacher.dtype), device=student.device)
+    scale = row_scale(valid, reduction, v_s)
+    fill_rows(
+        student,
+        teacher,
+        valid,
+        labels,
+        divergence=divergence,  # type: ignore[arg-type]
+        temperature=temperature,
+        coef=coef,
+        normalized=normalized,
+        kl_weight=kl_weight,
+        ce_weight=ce_weight,
+        scale=scale,
+        chunk_rows=chunk_rows,
+        values=values,
+        grad_s=grad_s,
+        grad_t=grad_t,
+    )
+    loss = values if reduction == "none" else values.sum() * scale if reduction != "sum" else values.sum()
+    warn_if_vocabularies_make_it_infinite(loss, v_s, teacher.shape[1])
+    return loss, grad_s, teacher.new_empty(0) if grad_t is None else grad_t
 
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        student: Tensor,
-        teacher: Tensor,
-        valid: Tensor,
-        labels: Tensor | None,
-        divergence: Divergence,
-        temperature: float,
-        coef: float,
-        normalized: bool,
-        reduction: str,
-        kl_weight: float,
-        ce_weight: float,
-        chunk_rows: int,
-    ) -> Tensor:
-        n, v_s = student.shape
-        cdtype = compute_dtype(student.dtype, teacher.dtype)
-        grad_s = torch.empty_like(student)
-        grad_t = torch.empty_like(teacher) if teacher.requires_grad else None
-        values = torch.zeros(n, dtype=cdtype, device=student.device)
-        scale = row_scale(valid, reduction, v_s)
-        fill_rows(
-            student,
-            teacher,
-            valid,
-            labels,
-            divergence=divergence,
-            temperature=temperature,
-            coef=coef,
-            normalized=normalized,
-            kl_weight=kl_weight,
-            ce_weight=ce_weight,
-            scale=scale,
-            chunk_rows=chunk_rows,
-            values=values,
-            grad_s=grad_s,
-            grad_t=grad_t,
-        )
-        ctx.save_for_backward(grad_s, grad_t)  # type: ignore[arg-type]
-        ctx.none = reduction == "none"  # type: ignore[attr-defined]
-        if reduction == "none":
-            return values
-        total_value = values.sum()
-        return total_value * scale if reduction != "sum" else total_value
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad_s, grad_t = ctx.saved_tensors
-        nones: tuple[None, ...] = (None,) * 10
-        return (
-            scale_precomputed(grad_s, grad_output, ctx.none),
-            scale_precomputed(grad_t, grad_output, ctx.none),
-            *nones,
-        )
+def _shapes(
+    student: Tensor, teacher: Tensor, valid: Tensor, labels: Tensor | None, *options: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fake (meta) implementation of ``kldiv::chunked_divergence``: its outputs' shapes and dtypes
+    (``options`` in the schema's order: ``reduction`` is the sixth, ``teacher_grad`` the last)."""
+    reduction, teacher_grad = options[5], options[-1]
+    cdtype = compute_dtype(student.dtype, teacher.dtype)
+    loss = student.new_empty(student.shape[:1] if reduction == "none" else (), dtype=cdtype)
+    return loss, torch.empty_like(student), torch.empty_like(teacher) if teacher_grad else teacher.new_empty(0)
+
+
+def _save_gradients(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    _, grad_s, grad_t = output
+    ctx.set_materialize_grads(False)  # no zeros for the gradient outputs, which nothing differentiates
+    ctx.save_for_backward(grad_s, grad_t)
+    ctx.teacher_grad = inputs[-1]
+
+
+def _scale_gradients(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The gradients computed in forward times ``grad_loss`` (per row for ``reduction="none"``)."""
+    if grad_loss is None:  # the loss itself is not differentiated
+        return (None,) * 15
+    grad_s, grad_t = ctx.saved_tensors
+    per_row = grad_loss.dim() == 1
+    scaled = [scale_precomputed(g, grad_loss, per_row) for g in (grad_s, grad_t if ctx.teacher_grad else None)]
+    return (*scaled, *(None,) * 13)
+
+
+# the low-level registration: torch.library.custom_op would import torch._dynamo at the first call (seconds)
+_LIBRARY.impl("chunked_divergence", chunked_divergence, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+torch.library.register_fake("kldiv::chunked_divergence", _shapes, lib=_LIBRARY)
+torch.library.register_autograd(
+    "kldiv::chunked_divergence", _scale_gradients, setup_context=_save_gradients, lib=_LIBRARY
+)
 
 
 def chunked_rows(
@@ -481,28 +529,34 @@ def chunked_rows(
     coef: float,
     normalized: bool,
     reduction: str,
+    teacher_log_probs: bool = False,
     kl_weight: float = 1.0,
     ce_weight: float = 0.0,
     labels: Tensor | None = None,
+    ignore_index: int = -100,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """The reduced loss of flat rows (N, V) by :class:`ChunkedDivergence` (validated arguments).
+    """The reduced loss of flat rows (N, V) by :func:`chunked_divergence` (validated options).
 
     ``chunk_size`` is the number of rows per chunk; by default ``DEFAULT_CHUNK_ELEMENTS // V`` (at least 1).
     """
     chunk_rows = rows_per_chunk(chunk_size, max(student.shape[1], teacher.shape[1]))
-    out: Tensor = ChunkedDivergence.apply(  # type: ignore[no-untyped-call]
+    loss: Tensor
+    loss, _, _ = torch.ops.kldiv.chunked_divergence(
         student,
         teacher,
         valid,
         labels,
         divergence,
+        teacher_log_probs,
         temperature,
         coef,
         normalized,
         reduction,
         kl_weight,
         ce_weight,
+        ignore_index,
         chunk_rows,
+        torch.is_grad_enabled() and teacher.requires_grad,
     )
-    return out
+    return loss

@@ -64,6 +64,7 @@ from kldiv.losses.options import (
     check_choice,
     check_labels,
     check_logits_tensor,
+    check_not_meta,
     check_options,
     check_probs,
     check_rows,
@@ -105,6 +106,11 @@ def _loss(
     batch_shape = student.shape[:-1]
     vocab = student.shape[-1]
     n = batch_shape.numel()
+    # logits and log-prob teachers take the fused operator (which handles meta tensors); the rest reads data here
+    fused = not isinstance(teacher, TopK) and teacher_kind != "probs" and implementation != "naive"
+    if not fused:
+        where = "implementation='naive'" if implementation == "naive" else "a top-k or probability teacher"
+        check_not_meta(where, student, *((teacher.values,) if isinstance(teacher, TopK) else (teacher,)))
     if isinstance(teacher, TopK):
         check_topk(teacher, batch_shape, t_value)
         dtypes = [student.dtype, teacher.values.dtype]
@@ -121,32 +127,46 @@ def _loss(
     valid = valid_rows(batch_shape, labels, ignore_index, mask, student.device)
     flat_s = student.reshape(n, vocab)
     flat_t = None if isinstance(teacher, TopK) else teacher.reshape(n, teacher.shape[-1])
-    # the teacher's values, unless the fused Function checks them (logits: only once a row is not finite)
+    lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
+    if fused:
+        assert flat_t is not None  # the operator checks what reads the data (no host synchronization here)
+        values = chunked_rows(
+            divergence,
+            flat_s,
+            flat_t,
+            valid,
+            temperature=t_value,
+            coef=coef,
+            normalized=normalized,
+            reduction=reduction,
+            teacher_log_probs=teacher_kind == "log_probs",
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            labels=lab,
+            ignore_index=ignore_index,
+            chunk_size=chunk_size,
+        )
+        return values.reshape(batch_shape) if reduction == "none" else values
     if flat_t is None:
         assert isinstance(teacher, TopK)
         check_topk_values(teacher, valid, vocab, t_value)
     elif teacher_kind == "probs":
         check_probs("teacher", flat_t, valid, rows_per_chunk(chunk_size, flat_t.shape[1]))
-    elif teacher_kind == "log_probs" or implementation == "naive":
+    else:
         check_rows("teacher", flat_t, valid, t_value, log_probs=teacher_kind == "log_probs")
-    if flat_t is not None and teacher_kind == "logits":
-        warn_if_probabilities("teacher", flat_t, valid, stacklevel=3)
-    if ce_weight:
-        assert labels is not None
-        check_labels(labels.reshape(-1), valid, vocab, ignore_index)
+        if teacher_kind == "logits":
+            warn_if_probabilities("teacher", flat_t, valid)
+    if lab is not None:
+        check_labels(lab, valid, vocab, ignore_index)
     if implementation == "naive":
         check_rows("student_logits", flat_s, valid, t_value)
         s = flat_s.to(cdtype)  # once: the gradients of both terms meet in cdtype and are rounded once
         rows = reference_rows(divergence, s, teacher, teacher_kind, valid, t_value, coef, normalized, cdtype)
         values = weighted(kl_weight, rows)
-        if ce_weight:
-            assert labels is not None
-            values = values + ce_weight * cross_entropy_rows(s, labels, valid, cdtype)
+        if lab is not None:
+            values = values + ce_weight * cross_entropy_rows(s, lab, valid, cdtype)
         values = reduce_rows(values, valid, reduction, vocab, batch_shape)
-        _warn_if_vocabularies_make_it_infinite(values, vocab, teacher, valid)
-        return values
-    lab = None if (labels is None or not ce_weight) else labels.reshape(-1)
-    if isinstance(teacher, TopK) or teacher_kind == "probs":
+    else:
         values = chunked_teacher_rows(
             divergence,
             flat_s,
@@ -162,24 +182,9 @@ def _loss(
             labels=lab,
             chunk_size=chunk_size,
         )
-    else:
-        assert flat_t is not None
-        values = chunked_rows(
-            divergence,
-            flat_s,
-            flat_t,
-            valid,
-            temperature=t_value,
-            coef=coef,
-            normalized=normalized,
-            reduction=reduction,
-            kl_weight=kl_weight,
-            ce_weight=ce_weight,
-            labels=lab,
-            chunk_size=chunk_size,
-        )
+        values = values.reshape(batch_shape) if reduction == "none" else values
     _warn_if_vocabularies_make_it_infinite(values, vocab, teacher, valid)
-    return values.reshape(batch_shape) if reduction == "none" else values
+    return values
 
 
 def _warn_if_vocabularies_make_it_infinite(value: Tensor, vocab: int, teacher: Tensor | TopK, valid: Tensor) -> None:
@@ -188,7 +193,7 @@ def _warn_if_vocabularies_make_it_infinite(value: Tensor, vocab: int, teacher: T
         teacher_ids = max(vocab, int(top.max()) + 1) if top.numel() else vocab
     else:
         teacher_ids = teacher.shape[-1]
-    warn_if_vocabularies_make_it_infinite(value, vocab, teacher_ids, stacklevel=4)
+    warn_if_vocabularies_make_it_infinite(value, vocab, teacher_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from kldiv.losses.options import (
     Divergence,
     Reduction,
     check_labels,
+    check_not_meta,
     check_options,
     compute_dtype,
     valid_rows,
@@ -328,6 +329,7 @@ def _fused(
     _check_head("", hidden, weight, bias, None)
     n, v = hidden.shape[0], weight.shape[0]
     t = _check_teacher(teacher, n, hidden.device)
+    check_not_meta("the fused linear losses", hidden, weight)
     valid = valid_rows(torch.Size([n]), labels, ignore_index, mask, hidden.device)
     targets = None
     if loss.ce_weight:
@@ -335,12 +337,12 @@ def _fused(
         targets = labels.to(torch.int64)
         check_labels(targets, valid, v, ignore_index, vocab_of="weight")
     if t.logits is not None:
-        warn_if_probabilities("teacher", t.logits, valid, stacklevel=3)
+        warn_if_probabilities("teacher", t.logits, valid)
     chunk_rows = rows_per_chunk(chunk_size, max(v, t.vocab), _ROWS_PER_CHUNK)
     out: Tensor = FusedLinearDivergence.apply(  # type: ignore[no-untyped-call]
         hidden, weight, bias, valid, targets, loss, reduction, chunk_rows, *t
     )
-    warn_if_vocabularies_make_it_infinite(out, v, t.vocab, stacklevel=3)
+    warn_if_vocabularies_make_it_infinite(out, v, t.vocab)
     return out
 
 

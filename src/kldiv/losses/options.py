@@ -7,8 +7,10 @@ was received. Row checks run one cheap pass (the row maxima) and diagnose in ful
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
@@ -153,14 +155,20 @@ _WARNED: set[str] = set()
 """The warnings given so far in this process: each is given once."""
 
 
-def warn_once(key: str, message: str, stacklevel: int) -> None:
-    """A ``UserWarning`` the first time ``key`` comes up in this process (a training loop calls a loss often)."""
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
+def warn_once(key: str, message: str) -> None:
+    """A ``UserWarning`` the first time ``key`` comes up in this process (a training loop calls a loss often),
+    attributed to the caller's line: the first frame outside kldiv and torch."""
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    internal = (str(Path(__file__).parents[1]), str(Path(torch.__file__).parent))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
 
 
-def warn_if_probabilities(name: str, x: Tensor, valid: Tensor, stacklevel: int) -> None:
+def warn_if_probabilities(name: str, x: Tensor, valid: Tensor) -> None:
     """Warn once if the logits ``x`` (N, V) are plainly probabilities: every valid row >= 0 and summing to 1
     within the tolerance of ``x``'s dtype. The first valid row is looked at first, so logits cost O(V)."""
     if not is_validation_enabled() or x.numel() == 0 or not bool(valid.any()):
@@ -175,11 +183,10 @@ def warn_if_probabilities(name: str, x: Tensor, valid: Tensor, stacklevel: int) 
             "probabilities as logits",
             f"{name} holds probabilities (every row >= 0 and summing to 1) but is read as logits; pass "
             f"teacher_kind='probs' (or their log with teacher_kind='log_probs')",
-            stacklevel + 1,
         )
 
 
-def warn_if_vocabularies_make_it_infinite(value: Tensor, student_vocab: int, teacher_ids: int, stacklevel: int) -> None:
+def warn_if_vocabularies_make_it_infinite(value: Tensor, student_vocab: int, teacher_ids: int) -> None:
     """Warn once if the loss ``value`` is +inf where the vocabularies differ (teacher ids up to ``teacher_ids``
     against the student's ``student_vocab``): mass on ids one side lacks makes a KL +inf."""
     if teacher_ids == student_vocab or not bool((value == math.inf).any()):
@@ -194,8 +201,16 @@ def warn_if_vocabularies_make_it_infinite(value: Tensor, student_vocab: int, tea
         "vocabularies",
         f"the loss is +inf: the teacher has {teacher_ids} ids and the student {student_vocab}, and {cause}, "
         f"where the shorter side has probability 0; {remedy}",
-        stacklevel + 1,
     )
+
+
+def check_not_meta(what: str, *tensors: Tensor) -> None:
+    """Raise a clear error for meta tensors where ``what`` reads their data (only the shapes are known)."""
+    if any(x.device.type == "meta" for x in tensors):
+        raise NotImplementedError(
+            f"{what} reads the values of its inputs, which meta tensors lack; on meta tensors (shapes only) the "
+            "losses of logits and log-probability teachers with implementation='chunked' or 'auto' work"
+        )
 
 
 def check_options(reduction: str, temperature: float, implementation: str) -> float:

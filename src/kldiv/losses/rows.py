@@ -307,6 +307,6 @@ def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> T
         return None
     if per_row:
         return (g.to(grad_output.dtype) * grad_output[:, None]).to(g.dtype)
-    if bool(grad_output == 1):
+    if not torch.compiler.is_compiling() and grad_output.device.type != "meta" and bool(grad_output == 1):
         return g
     return (g.to(grad_output.dtype) * grad_output).to(g.dtype)
