@@ -35,7 +35,9 @@ not supported. On meta tensors the operator gives the shapes of its outputs.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -72,8 +74,9 @@ try:
 except ImportError:
     kernel = None
 
-NATIVE_CHUNK_ELEMENTS = 1 << 22
-"""Logits per call of the C kernel, which needs no work arrays (only one row per thread)."""
+NATIVE_TASK_ELEMENTS = 1 << 20
+"""Logits per call of the C kernel (one task of :func:`in_parallel`): small enough that threads share the rows
+out evenly when a core is busy, large enough that a call costs far more than its Python overhead."""
 
 
 _REFINE_BELOW = 3e-3  # torch path, as in the discrete core: smaller per-token values are recomputed cancellation-free
@@ -162,54 +165,80 @@ def _native_rows(
     ce_coef: float,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-row KL values (float64, NaN on rows with a non-finite logit) and hard-label CE values (or None) of
-    float32 rows by the C kernel :mod:`kldiv._kernels`, its gradient written to ``g``; the rows are split over
-    ``torch.get_num_threads()`` threads (the kernel releases the GIL)."""
+    float32 rows by the C kernel :mod:`kldiv._kernels`, its gradient written to ``g`` (the kernel releases the
+    GIL: :func:`in_parallel` runs several calls at once)."""
     assert kernel is not None
     n, vocab = s.shape
     kl = torch.empty(n, dtype=torch.float64)
     ce = None if labels is None else torch.empty(n, dtype=torch.float64)
     ok = None if ok is None else ok.contiguous()
     labels = None if labels is None else labels.to(torch.int64).contiguous()
-    parts = max(1, min(torch.get_num_threads(), n))
-    bounds = [n * k // parts for k in range(parts + 1)]
-
-    def run(k: int) -> None:
-        i0, i1 = bounds[k], bounds[k + 1]
-        if i1 == i0:
-            return
-        kernel(
-            s[i0:i1].data_ptr(),
-            t[i0:i1].data_ptr(),
-            g[i0:i1].data_ptr(),
-            kl[i0:i1].data_ptr(),
-            None if ce is None else ce[i0:i1].data_ptr(),
-            None if ok is None else ok[i0:i1].data_ptr(),
-            None if labels is None else labels[i0:i1].data_ptr(),
-            i1 - i0,
-            vocab,
-            s.stride(0),
-            t.stride(0),
-            g.stride(0),
-            inv_t,
-            w_f,
-            weight,
-            ce_coef,
-        )
-
-    if parts == 1:
-        run(0)
-    else:
-        list(_pool().map(run, range(parts)))
+    kernel(
+        s.data_ptr(),
+        t.data_ptr(),
+        g.data_ptr(),
+        kl.data_ptr(),
+        None if ce is None else ce.data_ptr(),
+        None if ok is None else ok.data_ptr(),
+        None if labels is None else labels.data_ptr(),
+        n,
+        vocab,
+        s.stride(0),
+        t.stride(0),
+        g.stride(0),
+        inv_t,
+        w_f,
+        weight,
+        ce_coef,
+    )
     return kl, ce
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kldiv-rows")
+    """The worker threads of :func:`in_parallel`, one per core, each running torch ops on one thread."""
+    size = os.cpu_count() or 1
+    keep = torch.get_num_threads()
+    started = threading.Barrier(size)
+    pool = ThreadPoolExecutor(size, thread_name_prefix="kldiv-rows", initializer=torch.set_num_threads, initargs=(1,))
+    for future in [pool.submit(started.wait) for _ in range(size)]:  # every worker started (and single-threaded)
+        future.result()
+    torch.set_num_threads(keep)  # what threads started later inherit, which the workers' setting changed
+    return pool
 
 
 if hasattr(os, "register_at_fork"):  # a forked child (a DataLoader worker) inherits the pool without its threads
     os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def in_parallel(task: Callable[[int, Any], None], count: int, setup: Callable[[], Any], device: torch.device) -> None:
+    """``task(k, state)`` for ``k`` in ``range(count)`` on ``torch.get_num_threads()`` CPU threads that each take
+    the next ``k`` as soon as they are done; ``state = setup()`` once per thread.
+
+    Dynamic scheduling with no barrier but the last: when another process holds a core, the thread that shares
+    it simply does fewer tasks. (A static split waits for the slower half at every call, and torch's own
+    intra-op parallelism pays a barrier per op: thousands per loss on cache-sized chunks, each a scheduler time
+    slice when a core is busy.) The workers run their torch ops single-threaded, without autograd. Elsewhere
+    than on the CPU, or with one thread, the tasks run in order on the calling thread.
+    """
+    workers = min(torch.get_num_threads(), os.cpu_count() or 1, count) if device.type == "cpu" else 1
+    if workers <= 1:
+        state = setup()
+        for k in range(count):
+            task(k, state)
+        return
+    claim = itertools.count()  # next() of a count is atomic under the GIL
+
+    def worker() -> None:
+        with torch.no_grad():  # grad mode is per thread: a worker starts with it on
+            state = setup()
+            for k in iter(lambda: next(claim), None):
+                if k >= count:
+                    return
+                task(k, state)
+
+    for future in [_pool().submit(worker) for _ in range(workers)]:
+        future.result()
 
 
 def _kl_chunk_fast(
@@ -316,15 +345,15 @@ def fill_rows(
     cdtype = compute_dtype(student.dtype, teacher.dtype)
     fast_possible = divergence in ("forward", "reverse", "symmetric") and grad_t is None and v_s == teacher.shape[1]
     native = fast_possible and _native_ok(student, teacher, grad_s)
-    # the C kernel needs no work arrays, so its chunks are larger (fewer calls); the general path keeps chunk_rows
-    step = max(chunk_rows, NATIVE_CHUNK_ELEMENTS // v_s) if native else chunk_rows
-    work = workspace(min(chunk_rows, n), v_s, cdtype, student.device) if fast_possible and not native else None
-    all_valid = bool(valid.all())
-    checked = False  # the logits are validated (whole, as the naive path does) once a row is not finite
-    for i0 in range(0, n, step):
-        i1 = min(i0 + step, n)
-        rows = torch.arange(i0, i1, device=student.device)  # the rows left to the general path
-        if fast_possible:
+    rows = torch.arange(n, device=student.device)  # the rows left to the general path
+    if fast_possible:
+        # the C kernel needs no work arrays: one call per task of NATIVE_TASK_ELEMENTS logits
+        step = max(1, NATIVE_TASK_ELEMENTS // v_s) if native else chunk_rows
+        all_valid = bool(valid.all())
+        bad_rows: list[Tensor] = []
+
+        def chunk(k: int, work: Tensor | None) -> None:
+            i0, i1 = k * step, min(k * step + step, n)
             values[i0:i1], bad = _kl_chunk_fast(
                 divergence,
                 coef,
@@ -339,36 +368,42 @@ def fill_rows(
                 ce_weight,
                 scale,
                 grad_s[i0:i1],
-                None if native else work,
+                work,
             )
-            if not bool(bad.any()):
-                continue
-            rows = rows[bad]
-        if not checked:
-            check_rows("student_logits", student, valid, temperature)
-            check_rows("teacher", teacher, valid, temperature)
-            checked = True
-        for j0 in range(0, rows.numel(), chunk_rows):
-            r = rows[j0 : j0 + chunk_rows]
-            lab = None if labels is None else labels[r]
-            val, gs, gt = _general_rows(
-                student[r],
-                teacher[r],
-                valid[r],
-                lab,
-                divergence=divergence,
-                temperature=temperature,
-                coef=coef,
-                normalized=normalized,
-                kl_weight=kl_weight,
-                ce_weight=ce_weight,
-                scale=scale,
-                cdtype=cdtype,
-            )
-            values[r] = val
-            grad_s[r] = gs.to(grad_s.dtype)
-            if grad_t is not None:
-                grad_t[r] = gt.to(grad_t.dtype)
+            if bool(bad.any()):
+                bad_rows.append(rows[i0:i1][bad])
+
+        def setup() -> Tensor | None:  # one workspace per thread and call, reused by its chunks
+            return None if native else workspace(min(chunk_rows, n), v_s, cdtype, student.device)
+
+        in_parallel(chunk, -(-n // step), setup, student.device)
+        rows = torch.cat(bad_rows).sort().values if bad_rows else rows[:0]
+    if rows.numel():  # the logits are validated (whole, as the naive path does) once a row is not finite
+        check_rows("student_logits", student, valid, temperature)
+        check_rows("teacher", teacher, valid, temperature)
+
+    def general(k: int, _: None) -> None:
+        r = rows[k * chunk_rows : (k + 1) * chunk_rows]
+        val, gs, gt = _general_rows(
+            student[r],
+            teacher[r],
+            valid[r],
+            None if labels is None else labels[r],
+            divergence=divergence,
+            temperature=temperature,
+            coef=coef,
+            normalized=normalized,
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            scale=scale,
+            cdtype=cdtype,
+        )
+        values[r] = val
+        grad_s[r] = gs.to(grad_s.dtype)
+        if grad_t is not None:
+            grad_t[r] = gt.to(grad_t.dtype)
+
+    in_parallel(general, -(-rows.numel() // chunk_rows), lambda: None, student.device)
 
 
 def _general_rows(
