@@ -19,9 +19,10 @@ Gradients per token, with ``q = softmax(s / T)`` (student), ``p = softmax(t / T)
 
 Forward, reverse and symmetric KL with equal vocabularies and a teacher that needs no gradient (distillation,
 RLHF) take a fast kernel: on CPU float32 the C kernel :mod:`kldiv._kernels` (one read of each row, value,
-gradient and the hard-label term fused, rows split over ``torch.get_num_threads()`` threads); elsewhere (CUDA,
-float64, bf16/fp16, or without the compiled extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same
-formulas in torch ops: two exponentials per entry, in place, over chunks of 2^18 logits (1 MB, cache-resident).
+gradient and the hard-label term fused); elsewhere (CUDA, float64, bf16/fp16, or without the compiled
+extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same formulas in torch ops: two exponentials per
+entry, in place, over chunks of 2^18 logits (1 MB, cache-resident). On the CPU the chunks (of either kernel) are
+tasks that :func:`in_parallel` hands out to ``torch.get_num_threads()`` threads as they finish.
 Small values are recomputed cancellation-free: by the C kernel itself in float64 (below 0.1), on the torch
 path by the discrete core (below ``_REFINE_BELOW``). Rows with a non-finite logit (``-inf``) take the general
 path. Logits are validated (one pass) only once a row is not finite, so valid input costs no
