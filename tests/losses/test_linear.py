@@ -331,9 +331,8 @@ def _bad_cases() -> list[tuple[str, Callable[[], object], type[Exception], str]]
         ("hidden list", lambda: fused_linear_kl([[1.0]], w, t), TypeError, "hidden must be a torch.Tensor"),  # type: ignore[arg-type]
         ("weight V = 0", lambda: fused_linear_kl(h, w[:0], t), ValueError, "an empty vocabulary"),
         ("weight H", lambda: fused_linear_kl(h, w[:, :2], t), ValueError, r"weight has shape \(9, 2\).*H = .* 6"),
-        ("weight dtype", lambda: fused_linear_kl(h, w.float(), t), TypeError, "hidden has dtype torch.float64 but"),
         ("bias shape", lambda: fused_linear_kl(h, w, t, bias=b[:3]), ValueError, r"bias must have shape \(9,\)"),
-        ("bias dtype", lambda: fused_linear_kl(h, w, t, bias=b.float()), TypeError, "bias has dtype torch.float32"),
+        ("bias int", lambda: fused_linear_kl(h, w, t, bias=b.long()), TypeError, "bias has dtype torch.int64"),
         ("teacher rows", lambda: fused_linear_kl(h, w, t[:3]), ValueError, r"teacher logits have shape \(3, 9\)"),
         ("teacher 3-D", lambda: fused_linear_kl(h, w, t[None]), ValueError, "teacher must have shape"),
         ("teacher type", lambda: fused_linear_kl(h, w, [t]), TypeError, "teacher must be"),  # type: ignore[arg-type]
@@ -417,3 +416,60 @@ def test_out_of_range_label_of_ignored_token_is_fine() -> None:
     labels[[2, 7]] = 99  # masked tokens
     value = fused_linear_distillation_loss(d["hidden"], d["weight"], d["t_logits"], labels, mask=d["mask"])
     assert bool(torch.isfinite(value))
+
+
+def _relative_error(g: Tensor, reference: Tensor) -> float:
+    """max |g - reference| / max |reference|."""
+    return float((g.double() - reference).abs().max() / reference.abs().max())
+
+
+def _near_teacher_case(dtype: torch.dtype, seed: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+    """hidden (64, 32), weight (500, 32) in ``dtype`` and teacher logits near the student's (KL ~1e-3 per token)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(64, 32, generator=g).to(dtype)
+    weight = (torch.randn(500, 32, generator=g) / 32**0.5).to(dtype)
+    teacher = hidden.double() @ weight.double().T + 0.05 * torch.randn(64, 500, generator=g, dtype=F64)
+    return hidden, weight, teacher.float()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bfloat16_head_forms_logits_and_weight_gradient_in_float32(kind: str) -> None:
+    """bf16 hidden and weight with a teacher near the student: the gradients are within 1.5x of the bf16
+    rounding of the float64 gradient of the same values (with bf16 logits the error was 11-16%: the logits'
+    rounding, 2^-9 of their size, is then most of the student-teacher difference)."""
+    hidden, weight, teacher = _near_teacher_case(torch.bfloat16)
+    labels = torch.randint(0, 500, (64,), generator=torch.Generator().manual_seed(4))
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    got = torch.autograd.grad(fused(kind, h, w, teacher, labels, temperature=2.0), (h, w))
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    ref = torch.autograd.grad(reference(kind, h64 @ w64.T, teacher.double(), labels, temperature=2.0), (h64, w64))
+    for g, r in zip(got, ref, strict=True):
+        assert g.dtype == torch.bfloat16
+        assert _relative_error(g, r) <= 1.5 * _relative_error(r.bfloat16(), r)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["batchmean", "none"])
+def test_autocast_bf16_hidden_states_with_a_float32_head(kind: str, reduction: str) -> None:
+    """Under torch.autocast the hidden states come out of a linear layer in bf16 while the head stays float32
+    (the dtypes differ: this raised TypeError). The loss is float32; the gradients come back in each input's
+    dtype, dW accurate to float32 and dh to its bf16 rounding."""
+    hidden, weight, teacher = _near_teacher_case(torch.float32)
+    project = torch.nn.Linear(32, 32)
+    labels = torch.randint(0, 500, (64,), generator=torch.Generator().manual_seed(4))
+    w = weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = project(hidden).detach().requires_grad_()  # bf16, as autocast leaves a linear layer's output
+        value = fused(kind, h, w, teacher, labels, temperature=2.0, reduction=reduction)
+    assert h.dtype == torch.bfloat16
+    assert value.dtype == torch.float32
+    weights = torch.linspace(0.5, 1.5, value.numel()).reshape(value.shape)
+    g_h, g_w = torch.autograd.grad((value * weights).sum(), (h, w))
+    assert g_h.dtype == torch.bfloat16
+    assert g_w.dtype == torch.float32
+    h64, w64 = h.detach().double().requires_grad_(), weight.double().requires_grad_()
+    ref_value = reference(kind, h64 @ w64.T, teacher.double(), labels, temperature=2.0, reduction=reduction)
+    r_h, r_w = torch.autograd.grad((ref_value * weights.double()).sum(), (h64, w64))
+    torch.testing.assert_close(value.double(), ref_value, rtol=1e-4, atol=1e-6)
+    assert _relative_error(g_w, r_w) <= 1e-5
+    assert _relative_error(g_h, r_h) <= 1.5 * _relative_error(r_h.bfloat16(), r_h)

@@ -23,9 +23,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from kldiv.losses import distillation_loss, forward_kl, generalized_jsd, reverse_kl, symmetric_kl
-from kldiv.losses.functional import reduce_rows
 from kldiv.losses.linear import fused_linear_kl
 from kldiv.losses.parallel import vocab_parallel_distillation_loss, vocab_parallel_kl, vocab_parallel_linear_kl
+from kldiv.losses.rows import reduce_rows
 
 INF = math.inf
 REFERENCE = {"forward": forward_kl, "reverse": reverse_kl}

@@ -1,8 +1,6 @@
 """Divergence losses for distillation and RLHF over large vocabularies: functional, chunked and nn.Module forms."""
 
-from kldiv.losses.chunked import ChunkedDivergence
 from kldiv.losses.functional import (
-    TopK,
     distillation_loss,
     forward_kl,
     generalized_jsd,
@@ -20,10 +18,10 @@ from kldiv.losses.modules import (
     ReverseKLLoss,
     SymmetricKLLoss,
 )
+from kldiv.losses.options import TopK
 from kldiv.losses.parallel import vocab_parallel_distillation_loss, vocab_parallel_kl, vocab_parallel_linear_kl
 
 __all__ = [
-    "ChunkedDivergence",
     "DistillationLoss",
     "ForwardKLLoss",
     "FusedLinearDistillationLoss",

@@ -1,8 +1,10 @@
 """Fused, row-chunked divergence losses: value and gradient in one pass, O(chunk x V) intermediates.
 
-:class:`ChunkedDivergence` is a ``torch.autograd.Function`` whose forward walks the rows (tokens) in chunks;
+:func:`chunked_divergence` is a torch operator (``kldiv::chunked_divergence``, with a fake implementation and
+a registered gradient, so ``torch.compile`` takes it whole, without graph breaks) whose forward walks the rows
+(tokens) in chunks;
 for each chunk it upcasts to float32 (float64 stays float64), computes the per-token values with the kernels of
-the discrete core (:func:`kldiv.losses.functional.divergence_rows`, so the values are those of the naive path)
+the discrete core (:func:`kldiv.losses.rows.divergence_rows`, so the values are those of the naive path)
 and the gradients in closed form, and writes the gradients into preallocated buffers in the input dtype (one
 rounding, at the end). Backward only scales the saved gradients by ``grad_output``.
 
@@ -17,9 +19,10 @@ Gradients per token, with ``q = softmax(s / T)`` (student), ``p = softmax(t / T)
 
 Forward, reverse and symmetric KL with equal vocabularies and a teacher that needs no gradient (distillation,
 RLHF) take a fast kernel: on CPU float32 the C kernel :mod:`kldiv._kernels` (one read of each row, value,
-gradient and the hard-label term fused, rows split over ``torch.get_num_threads()`` threads); elsewhere (CUDA,
-float64, bf16/fp16, or without the compiled extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same
-formulas in torch ops: two exponentials per entry, in place, over chunks of 2^18 logits (1 MB, cache-resident).
+gradient and the hard-label term fused); elsewhere (CUDA, float64, bf16/fp16, or without the compiled
+extension, or with ``KLDIV_NATIVE=0``) :func:`_kl_rows`, the same formulas in torch ops: two exponentials per
+entry, in place, over chunks of 2^18 logits (1 MB, cache-resident). On the CPU the chunks (of either kernel) are
+tasks that :func:`in_parallel` hands out to ``torch.get_num_threads()`` threads as they finish.
 Small values are recomputed cancellation-free: by the C kernel itself in float64 (below 0.1), on the torch
 path by the discrete core (below ``_REFINE_BELOW``). Rows with a non-finite logit (``-inf``) take the general
 path. Logits are validated (one pass) only once a row is not finite, so valid input costs no
@@ -27,25 +30,42 @@ separate validation pass.
 
 Entries with zero probability get a zero gradient term; rows whose value is +inf get a zero gradient (the
 value, not the gradient, reports the impossibility). Ignored rows: value 0, gradient 0. Double backward is
-not supported.
+not supported. On meta tensors the operator gives the shapes of its outputs.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._numerics import INF, log_softmax
-from kldiv.discrete import _log_mixture, _logit_difference
-from kldiv.losses.functional import Divergence, _weighted, check_rows, compute_dtype, divergence_rows, row_scale
+from kldiv.discrete import _logit_difference
+from kldiv.losses.options import (
+    Divergence,
+    check_labels,
+    check_rows,
+    compute_dtype,
+    warn_if_probabilities,
+    warn_if_vocabularies_make_it_infinite,
+)
+from kldiv.losses.rows import (
+    divergence_grads,
+    divergence_rows,
+    logit_ratio,
+    pad_vocab,
+    row_scale,
+    rows_per_chunk,
+    scale_precomputed,
+    weighted,
+)
 
 kernel: Callable[..., None] | None
 """The C kernel ``kldiv._kernels.kl_rows``, or None when the package was built without a C compiler (then the
@@ -55,44 +75,9 @@ try:
 except ImportError:
     kernel = None
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 18
-"""Default chunk: this many logits (rows x V) per chunk, i.e. 1 MB per float32 intermediate (stays in cache)."""
-
-NATIVE_CHUNK_ELEMENTS = 1 << 22
-"""Logits per call of the C kernel, which needs no work arrays (only one row per thread)."""
-
-
-def _centered(x: Tensor, g: Tensor) -> Tensor:
-    """``x (g - <x, g>)`` per row, with 0 where ``x == 0`` (``g`` may be infinite there)."""
-    support = x > 0
-    g = torch.where(support & torch.isfinite(g), g, 0.0)  # +inf only on rows whose value is +inf (zero gradient)
-    return torch.where(support, x * (g - (x * g).sum(-1, keepdim=True)), 0.0)
-
-
-def _chunk_grads(
-    divergence: Divergence, log_s: Tensor, log_t: Tensor, coef: float, normalized: bool
-) -> tuple[Tensor, Tensor]:
-    """Gradients of the divergence w.r.t. the tempered student and teacher logits ``s / T``, ``t / T``."""
-    q, p = torch.exp(log_s), torch.exp(log_t)
-    if divergence == "forward" or (divergence == "jsd" and coef == 0.0):
-        return q - p, _centered(p, log_t - log_s)
-    if divergence == "reverse" or (divergence == "jsd" and coef == 1.0):
-        return _centered(q, log_s - log_t), p - q
-    if divergence == "symmetric":
-        gs = coef * (q - p) + (1.0 - coef) * _centered(q, log_s - log_t)
-        gt = coef * _centered(p, log_t - log_s) + (1.0 - coef) * (p - q)
-        return gs, gt
-    log_m = _log_mixture(log_t, log_s, coef)
-    gs = _centered(q, (1.0 - coef) * (log_s - log_m))
-    gt = _centered(p, coef * (log_t - log_m))
-    if normalized:
-        scale = 1.0 / (coef * (1.0 - coef))
-        gs, gt = gs * scale, gt * scale
-    return gs, gt
-
-
-def _pad(x: Tensor, size: int) -> Tensor:
-    return x if x.shape[-1] == size else F.pad(x, (0, size - x.shape[-1]), value=-INF)
+NATIVE_TASK_ELEMENTS = 1 << 20
+"""Logits per call of the C kernel (one task of :func:`in_parallel`): small enough that threads share the rows
+out evenly when a core is busy, large enough that a call costs far more than its Python overhead."""
 
 
 _REFINE_BELOW = 3e-3  # torch path, as in the discrete core: smaller per-token values are recomputed cancellation-free
@@ -181,54 +166,80 @@ def _native_rows(
     ce_coef: float,
 ) -> tuple[Tensor, Tensor | None]:
     """Per-row KL values (float64, NaN on rows with a non-finite logit) and hard-label CE values (or None) of
-    float32 rows by the C kernel :mod:`kldiv._kernels`, its gradient written to ``g``; the rows are split over
-    ``torch.get_num_threads()`` threads (the kernel releases the GIL)."""
+    float32 rows by the C kernel :mod:`kldiv._kernels`, its gradient written to ``g`` (the kernel releases the
+    GIL: :func:`in_parallel` runs several calls at once)."""
     assert kernel is not None
     n, vocab = s.shape
     kl = torch.empty(n, dtype=torch.float64)
     ce = None if labels is None else torch.empty(n, dtype=torch.float64)
     ok = None if ok is None else ok.contiguous()
     labels = None if labels is None else labels.to(torch.int64).contiguous()
-    parts = max(1, min(torch.get_num_threads(), n))
-    bounds = [n * k // parts for k in range(parts + 1)]
-
-    def run(k: int) -> None:
-        i0, i1 = bounds[k], bounds[k + 1]
-        if i1 == i0:
-            return
-        kernel(
-            s[i0:i1].data_ptr(),
-            t[i0:i1].data_ptr(),
-            g[i0:i1].data_ptr(),
-            kl[i0:i1].data_ptr(),
-            None if ce is None else ce[i0:i1].data_ptr(),
-            None if ok is None else ok[i0:i1].data_ptr(),
-            None if labels is None else labels[i0:i1].data_ptr(),
-            i1 - i0,
-            vocab,
-            s.stride(0),
-            t.stride(0),
-            g.stride(0),
-            inv_t,
-            w_f,
-            weight,
-            ce_coef,
-        )
-
-    if parts == 1:
-        run(0)
-    else:
-        list(_pool().map(run, range(parts)))
+    kernel(
+        s.data_ptr(),
+        t.data_ptr(),
+        g.data_ptr(),
+        kl.data_ptr(),
+        None if ce is None else ce.data_ptr(),
+        None if ok is None else ok.data_ptr(),
+        None if labels is None else labels.data_ptr(),
+        n,
+        vocab,
+        s.stride(0),
+        t.stride(0),
+        g.stride(0),
+        inv_t,
+        w_f,
+        weight,
+        ce_coef,
+    )
     return kl, ce
 
 
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kldiv-rows")
+    """The worker threads of :func:`in_parallel`, one per core, each running torch ops on one thread."""
+    size = os.cpu_count() or 1
+    keep = torch.get_num_threads()
+    started = threading.Barrier(size)
+    pool = ThreadPoolExecutor(size, thread_name_prefix="kldiv-rows", initializer=torch.set_num_threads, initargs=(1,))
+    for future in [pool.submit(started.wait) for _ in range(size)]:  # every worker started (and single-threaded)
+        future.result()
+    torch.set_num_threads(keep)  # what threads started later inherit, which the workers' setting changed
+    return pool
 
 
 if hasattr(os, "register_at_fork"):  # a forked child (a DataLoader worker) inherits the pool without its threads
     os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def in_parallel(task: Callable[[int, Any], None], count: int, setup: Callable[[], Any], device: torch.device) -> None:
+    """``task(k, state)`` for ``k`` in ``range(count)`` on ``torch.get_num_threads()`` CPU threads that each take
+    the next ``k`` as soon as they are done; ``state = setup()`` once per thread.
+
+    Dynamic scheduling with no barrier but the last: when another process holds a core, the thread that shares
+    it simply does fewer tasks. (A static split waits for the slower half at every call, and torch's own
+    intra-op parallelism pays a barrier per op: thousands per loss on cache-sized chunks, each a scheduler time
+    slice when a core is busy.) The workers run their torch ops single-threaded, without autograd. Elsewhere
+    than on the CPU, or with one thread, the tasks run in order on the calling thread.
+    """
+    workers = min(torch.get_num_threads(), os.cpu_count() or 1, count) if device.type == "cpu" else 1
+    if workers <= 1:
+        state = setup()
+        for k in range(count):
+            task(k, state)
+        return
+    claim = itertools.count()  # next() of a count is atomic under the GIL
+
+    def worker() -> None:
+        with torch.no_grad():  # grad mode is per thread: a worker starts with it on
+            state = setup()
+            for k in iter(lambda: next(claim), None):
+                if k >= count:
+                    return
+                task(k, state)
+
+    for future in [_pool().submit(worker) for _ in range(workers)]:
+        future.result()
 
 
 def _kl_chunk_fast(
@@ -273,7 +284,10 @@ def _kl_chunk_fast(
         if not every:  # ignored rows may hold anything: compute on zeros, then zero their value and gradient
             student = torch.where(ok[:, None], student, 0.0)
             teacher = torch.where(ok[:, None], teacher, 0.0)
-        val = _kl_rows(w_f, student, teacher, 1.0 / temperature, weight, grad_s, work)
+        # with the hard-label term, a float16/bfloat16 gradient is summed in the compute dtype and rounded once
+        summed = ce_weight and grad_s.dtype != cdtype
+        g = torch.empty(grad_s.shape, dtype=cdtype, device=grad_s.device) if summed else grad_s
+        val = _kl_rows(w_f, student, teacher, 1.0 / temperature, weight, g, work)
         ce = None
         if ce_weight:
             assert labels is not None
@@ -281,7 +295,9 @@ def _kl_chunk_fast(
             log_s1 = torch.log_softmax(student.to(cdtype), -1)
             ce = -log_s1.gather(1, lab)[:, 0]
             g_ce = log_s1.exp_().scatter_add_(1, lab, torch.full_like(log_s1[:, :1], -1.0)).mul_(ce_weight * scale)
-            grad_s.add_(g_ce.to(grad_s.dtype) if grad_s.dtype != cdtype else g_ce)
+            g.add_(g_ce)
+            if summed:
+                grad_s.copy_(g)
     bad = ok & ~torch.isfinite(val)
     if work is not None:  # the torch path's small values, recomputed cancellation-free (the C kernel does it itself)
         need = ok & ~bad & (val < _REFINE_BELOW)
@@ -292,25 +308,13 @@ def _kl_chunk_fast(
             log_q = torch.log_softmax(s_rows / temperature, -1)
             log_p = torch.log_softmax(t_rows / temperature, -1)
             val[rows] = divergence_rows(divergence, log_q, log_p, ratio, coef, False).to(val.dtype)
-    total = _weighted(kl_weight, torch.where(bad, 0.0, val))
+    total = weighted(kl_weight, torch.where(bad, 0.0, val))
     if ce is not None:
         total = total + ce_weight * torch.where(bad, 0.0, ce)
     if not every:
         grad_s[~ok] = 0.0
         total = torch.where(ok, total, 0.0)
     return total, bad
-
-
-def scale_precomputed(g: Tensor | None, grad_output: Tensor, per_row: bool) -> Tensor | None:
-    """A gradient computed in forward times the incoming ``grad_output`` (per row for ``reduction="none"``);
-    returned without a copy when ``grad_output`` is 1 (the usual ``loss.backward()``)."""
-    if g is None:
-        return None
-    if per_row:
-        return (g.to(grad_output.dtype) * grad_output[:, None]).to(g.dtype)
-    if bool(grad_output == 1):
-        return g
-    return (g.to(grad_output.dtype) * grad_output).to(g.dtype)
 
 
 def fill_rows(
@@ -342,15 +346,15 @@ def fill_rows(
     cdtype = compute_dtype(student.dtype, teacher.dtype)
     fast_possible = divergence in ("forward", "reverse", "symmetric") and grad_t is None and v_s == teacher.shape[1]
     native = fast_possible and _native_ok(student, teacher, grad_s)
-    # the C kernel needs no work arrays, so its chunks are larger (fewer calls); the general path keeps chunk_rows
-    step = max(chunk_rows, NATIVE_CHUNK_ELEMENTS // v_s) if native else chunk_rows
-    work = workspace(min(chunk_rows, n), v_s, cdtype, student.device) if fast_possible and not native else None
-    all_valid = bool(valid.all())
-    checked = False  # the logits are validated (whole, as the naive path does) once a row is not finite
-    for i0 in range(0, n, step):
-        i1 = min(i0 + step, n)
-        rows = torch.arange(i0, i1, device=student.device)  # the rows left to the general path
-        if fast_possible:
+    rows = torch.arange(n, device=student.device)  # the rows left to the general path
+    if fast_possible:
+        # the C kernel needs no work arrays: one call per task of NATIVE_TASK_ELEMENTS logits
+        step = max(1, NATIVE_TASK_ELEMENTS // v_s) if native else chunk_rows
+        all_valid = bool(valid.all())
+        bad_rows: list[Tensor] = []
+
+        def chunk(k: int, work: Tensor | None) -> None:
+            i0, i1 = k * step, min(k * step + step, n)
             values[i0:i1], bad = _kl_chunk_fast(
                 divergence,
                 coef,
@@ -365,36 +369,42 @@ def fill_rows(
                 ce_weight,
                 scale,
                 grad_s[i0:i1],
-                None if native else work,
+                work,
             )
-            if not bool(bad.any()):
-                continue
-            rows = rows[bad]
-        if not checked:
-            check_rows("student_logits", student, valid, temperature)
-            check_rows("teacher", teacher, valid, temperature)
-            checked = True
-        for j0 in range(0, rows.numel(), chunk_rows):
-            r = rows[j0 : j0 + chunk_rows]
-            lab = None if labels is None else labels[r]
-            val, gs, gt = _general_rows(
-                student[r],
-                teacher[r],
-                valid[r],
-                lab,
-                divergence=divergence,
-                temperature=temperature,
-                coef=coef,
-                normalized=normalized,
-                kl_weight=kl_weight,
-                ce_weight=ce_weight,
-                scale=scale,
-                cdtype=cdtype,
-            )
-            values[r] = val
-            grad_s[r] = gs.to(grad_s.dtype)
-            if grad_t is not None:
-                grad_t[r] = gt.to(grad_t.dtype)
+            if bool(bad.any()):
+                bad_rows.append(rows[i0:i1][bad])
+
+        def setup() -> Tensor | None:  # one workspace per thread and call, reused by its chunks
+            return None if native else workspace(min(chunk_rows, n), v_s, cdtype, student.device)
+
+        in_parallel(chunk, -(-n // step), setup, student.device)
+        rows = torch.cat(bad_rows).sort().values if bad_rows else rows[:0]
+    if rows.numel():  # the logits are validated (whole, as the naive path does) once a row is not finite
+        check_rows("student_logits", student, valid, temperature)
+        check_rows("teacher", teacher, valid, temperature)
+
+    def general(k: int, _: None) -> None:
+        r = rows[k * chunk_rows : (k + 1) * chunk_rows]
+        val, gs, gt = _general_rows(
+            student[r],
+            teacher[r],
+            valid[r],
+            None if labels is None else labels[r],
+            divergence=divergence,
+            temperature=temperature,
+            coef=coef,
+            normalized=normalized,
+            kl_weight=kl_weight,
+            ce_weight=ce_weight,
+            scale=scale,
+            cdtype=cdtype,
+        )
+        values[r] = val
+        grad_s[r] = gs.to(grad_s.dtype)
+        if grad_t is not None:
+            grad_t[r] = gt.to(grad_t.dtype)
+
+    in_parallel(general, -(-rows.numel() // chunk_rows), lambda: None, student.device)
 
 
 def _general_rows(
@@ -413,23 +423,23 @@ def _general_rows(
     cdtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row ``kl_weight * divergence + ce_weight * CE`` of some rows and its gradients times ``scale`` by the
-    discrete core's kernels and the closed forms of :func:`_chunk_grads` (any divergence, -inf logits, vocab
-    sizes that differ); 0 at ignored rows."""
+    discrete core's kernels and the closed forms of :func:`~kldiv.losses.rows.divergence_grads` (any divergence,
+    -inf logits, vocab sizes that differ); 0 at ignored rows."""
     v_s, v_t = student.shape[1], teacher.shape[1]
     size = max(v_s, v_t)
     inv_t = 1.0 / temperature
-    s = torch.where(ok[:, None], _pad(student.to(cdtype), size), 0.0)
-    t = torch.where(ok[:, None], _pad(teacher.to(cdtype), size), 0.0)
-    ratio = _logit_difference(t, s, temperature)
+    s = torch.where(ok[:, None], pad_vocab(student.to(cdtype), size), 0.0)
+    t = torch.where(ok[:, None], pad_vocab(teacher.to(cdtype), size), 0.0)
+    ratio = logit_ratio(t, s, temperature)
     s_raw = s
     if temperature != 1.0:
         s, t = s * inv_t, t * inv_t
     log_s, log_t = log_softmax(s, -1), log_softmax(t, -1)
-    val = divergence_rows(divergence, log_s, log_t, ratio, coef, normalized)
-    gs, gt = _chunk_grads(divergence, log_s, log_t, coef, normalized)
+    val = divergence_rows(divergence, log_s, log_t, ratio.to(cdtype), coef, normalized)
+    gs, gt = divergence_grads(divergence, log_s, log_t, coef, normalized, ratio)
     row_w = ((ok & (val < INF)).to(cdtype) * (kl_weight * inv_t * scale))[:, None]
     gs = gs * row_w
-    total = _weighted(kl_weight, val)
+    total = weighted(kl_weight, val)
     if ce_weight:
         assert labels is not None
         lab = torch.where(ok, labels, 0)[:, None]
@@ -440,78 +450,109 @@ def _general_rows(
     return torch.where(ok, total, 0.0), gs[:, :v_s], (gt * row_w)[:, :v_t]
 
 
-class ChunkedDivergence(torch.autograd.Function):
-    """Per-token ``kl_weight * divergence + ce_weight * CE`` over flat rows, reduced; gradients precomputed.
+_LIBRARY = torch.library.Library("kldiv", "FRAGMENT")  # type: ignore[no-untyped-call]
+_LIBRARY.define(  # type: ignore[no-untyped-call]
+    "chunked_divergence(Tensor student, Tensor teacher, Tensor valid, Tensor? labels, str divergence, "
+    "bool teacher_log_probs, float temperature, float coef, bool normalized, str reduction, float kl_weight, "
+    "float ce_weight, int ignore_index, int chunk_rows, bool teacher_grad) -> (Tensor, Tensor, Tensor)"
+)
 
-    Inputs: ``student`` (N, V_s) and ``teacher`` (N, V_t) logits (or log-probabilities), ``valid`` (N,) bool,
-    ``labels`` (N,) int64 or None. Output: a 0-d tensor, or (N,) for ``reduction="none"``.
+
+def chunked_divergence(
+    student: Tensor,
+    teacher: Tensor,
+    valid: Tensor,
+    labels: Tensor | None,
+    divergence: str,
+    teacher_log_probs: bool,
+    temperature: float,
+    coef: float,
+    normalized: bool,
+    reduction: str,
+    kl_weight: float,
+    ce_weight: float,
+    ignore_index: int,
+    chunk_rows: int,
+    teacher_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The torch operator ``kldiv::chunked_divergence``: per-token ``kl_weight * divergence + ce_weight * CE``
+    over flat rows, reduced, with the gradients of the reduced loss w.r.t. student and teacher.
+
+    Inputs: ``student`` (N, V_s) logits, ``teacher`` (N, V_t) logits (log-probabilities if
+    ``teacher_log_probs``), ``valid`` (N,) bool, ``labels`` (N,) int64 or None; the options are validated by
+    :func:`kldiv.losses.functional._loss`. Outputs: the loss (0-d, or (N,) for ``reduction="none"``), the
+    student's gradient (N, V_s) and the teacher's (N, V_t, or empty unless ``teacher_grad``), each in its input's
+    dtype. The checks that read the data (teacher log-probabilities, labels, and, once a row is not finite, the
+    logits) and the warnings run here, so a compiled caller has no host synchronization of its own.
     """
-
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        student: Tensor,
-        teacher: Tensor,
-        valid: Tensor,
-        labels: Tensor | None,
-        divergence: Divergence,
-        temperature: float,
-        coef: float,
-        normalized: bool,
-        reduction: str,
-        kl_weight: float,
-        ce_weight: float,
-        chunk_rows: int,
-    ) -> Tensor:
-        n, v_s = student.shape
-        cdtype = compute_dtype(student.dtype, teacher.dtype)
-        grad_s = torch.empty_like(student)
-        grad_t = torch.empty_like(teacher) if teacher.requires_grad else None
-        values = torch.zeros(n, dtype=cdtype, device=student.device)
-        scale = row_scale(valid, reduction, v_s)
-        fill_rows(
-            student,
-            teacher,
-            valid,
-            labels,
-            divergence=divergence,
-            temperature=temperature,
-            coef=coef,
-            normalized=normalized,
-            kl_weight=kl_weight,
-            ce_weight=ce_weight,
-            scale=scale,
-            chunk_rows=chunk_rows,
-            values=values,
-            grad_s=grad_s,
-            grad_t=grad_t,
-        )
-        ctx.save_for_backward(grad_s, grad_t)  # type: ignore[arg-type]
-        ctx.none = reduction == "none"  # type: ignore[attr-defined]
-        if reduction == "none":
-            return values
-        total_value = values.sum()
-        return total_value * scale if reduction != "sum" else total_value
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        grad_s, grad_t = ctx.saved_tensors
-        nones: tuple[None, ...] = (None,) * 10
-        return (
-            scale_precomputed(grad_s, grad_output, ctx.none),
-            scale_precomputed(grad_t, grad_output, ctx.none),
-            *nones,
-        )
+    n, v_s = student.shape
+    if teacher_log_probs:
+        check_rows("teacher", teacher, valid, temperature, log_probs=True)
+    else:
+        warn_if_probabilities("teacher", teacher, valid)
+    if ce_weight:
+        assert labels is not None
+        check_labels(labels, valid, v_s, ignore_index)
+    grad_s = torch.empty_like(student)
+    grad_t = torch.empty_like(teacher) if teacher_grad else None
+    values = torch.zeros(n, dtype=compute_dtype(student.dtype, teacher.dtype), device=student.device)
+    scale = row_scale(valid, reduction, v_s)
+    fill_rows(
+        student,
+        teacher,
+        valid,
+        labels,
+        divergence=divergence,  # type: ignore[arg-type]
+        temperature=temperature,
+        coef=coef,
+        normalized=normalized,
+        kl_weight=kl_weight,
+        ce_weight=ce_weight,
+        scale=scale,
+        chunk_rows=chunk_rows,
+        values=values,
+        grad_s=grad_s,
+        grad_t=grad_t,
+    )
+    loss = values if reduction == "none" else values.sum() * scale if reduction != "sum" else values.sum()
+    warn_if_vocabularies_make_it_infinite(loss, v_s, teacher.shape[1])
+    return loss, grad_s, teacher.new_empty(0) if grad_t is None else grad_t
 
 
-def rows_per_chunk(chunk_size: int | None, width: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-    """Rows per chunk: ``chunk_size`` (a positive int), or by default ``elements // width`` (at least 1)."""
-    if chunk_size is None:
-        return max(1, elements // width)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (rows per chunk) or None, got {chunk_size!r}")
-    return chunk_size
+def _shapes(
+    student: Tensor, teacher: Tensor, valid: Tensor, labels: Tensor | None, *options: Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The fake (meta) implementation of ``kldiv::chunked_divergence``: its outputs' shapes and dtypes
+    (``options`` in the schema's order: ``reduction`` is the sixth, ``teacher_grad`` the last)."""
+    reduction, teacher_grad = options[5], options[-1]
+    cdtype = compute_dtype(student.dtype, teacher.dtype)
+    loss = student.new_empty(student.shape[:1] if reduction == "none" else (), dtype=cdtype)
+    return loss, torch.empty_like(student), torch.empty_like(teacher) if teacher_grad else teacher.new_empty(0)
+
+
+def _save_gradients(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    _, grad_s, grad_t = output
+    ctx.set_materialize_grads(False)  # no zeros for the gradient outputs, which nothing differentiates
+    ctx.save_for_backward(grad_s, grad_t)
+    ctx.teacher_grad = inputs[-1]
+
+
+def _scale_gradients(ctx: Any, grad_loss: Tensor | None, *_: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The gradients computed in forward times ``grad_loss`` (per row for ``reduction="none"``)."""
+    if grad_loss is None:  # the loss itself is not differentiated
+        return (None,) * 15
+    grad_s, grad_t = ctx.saved_tensors
+    per_row = grad_loss.dim() == 1
+    scaled = [scale_precomputed(g, grad_loss, per_row) for g in (grad_s, grad_t if ctx.teacher_grad else None)]
+    return (*scaled, *(None,) * 13)
+
+
+# the low-level registration: torch.library.custom_op would import torch._dynamo at the first call (seconds)
+_LIBRARY.impl("chunked_divergence", chunked_divergence, "CompositeExplicitAutograd")  # type: ignore[no-untyped-call]
+torch.library.register_fake("kldiv::chunked_divergence", _shapes, lib=_LIBRARY)
+torch.library.register_autograd(
+    "kldiv::chunked_divergence", _scale_gradients, setup_context=_save_gradients, lib=_LIBRARY
+)
 
 
 def chunked_rows(
@@ -524,33 +565,34 @@ def chunked_rows(
     coef: float,
     normalized: bool,
     reduction: str,
+    teacher_log_probs: bool = False,
     kl_weight: float = 1.0,
     ce_weight: float = 0.0,
     labels: Tensor | None = None,
+    ignore_index: int = -100,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """The reduced loss of flat rows (N, V) by :class:`ChunkedDivergence` (validated arguments).
+    """The reduced loss of flat rows (N, V) by :func:`chunked_divergence` (validated options).
 
     ``chunk_size`` is the number of rows per chunk; by default ``DEFAULT_CHUNK_ELEMENTS // V`` (at least 1).
     """
     chunk_rows = rows_per_chunk(chunk_size, max(student.shape[1], teacher.shape[1]))
-    if ce_weight and labels is not None and bool(((labels < 0) | (labels >= student.shape[1]))[valid].any()):
-        bad = int(labels[valid & ((labels < 0) | (labels >= student.shape[1]))][0])
-        raise ValueError(
-            f"labels holds {bad}, outside [0, {student.shape[1]}) for a valid token (and not ignore_index)"
-        )
-    out: Tensor = ChunkedDivergence.apply(  # type: ignore[no-untyped-call]
+    loss: Tensor
+    loss, _, _ = torch.ops.kldiv.chunked_divergence(
         student,
         teacher,
         valid,
         labels,
         divergence,
+        teacher_log_probs,
         temperature,
         coef,
         normalized,
         reduction,
         kl_weight,
         ce_weight,
+        ignore_index,
         chunk_rows,
+        torch.is_grad_enabled() and teacher.requires_grad,
     )
-    return out
+    return loss

@@ -35,8 +35,19 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
-from kldiv.losses.chunked import fill_rows, rows_per_chunk, scale_precomputed
-from kldiv.losses.functional import Divergence, Reduction, check_options, compute_dtype, row_scale, valid_rows
+from kldiv.losses.chunked import fill_rows
+from kldiv.losses.options import (
+    Divergence,
+    Reduction,
+    check_labels,
+    check_not_meta,
+    check_options,
+    compute_dtype,
+    valid_rows,
+    warn_if_probabilities,
+    warn_if_vocabularies_make_it_infinite,
+)
+from kldiv.losses.rows import row_scale, rows_per_chunk, scale_precomputed
 
 Direction = Literal["forward", "reverse", "symmetric"]
 TeacherHead = tuple[Tensor, Tensor, Tensor | None]
@@ -78,16 +89,24 @@ class _Teacher(NamedTuple):
         assert source is not None
         return source.dtype
 
-    def rows(self, i0: int, i1: int) -> Tensor:
+    def rows(self, i0: int, i1: int, dtype: torch.dtype) -> Tensor:
+        """The teacher logits of rows ``[i0, i1)`` in ``dtype`` (formed in it from a head whose weight and bias
+        are already in it)."""
         if self.logits is not None:
-            return self.logits[i0:i1]
+            return self.logits[i0:i1].to(dtype)
         assert self.hidden is not None
         assert self.weight is not None
-        logits = self.hidden[i0:i1] @ self.weight.T
+        logits = self.hidden[i0:i1].to(dtype) @ self.weight.T
         return logits if self.bias is None else logits + self.bias
 
+    def head_in(self, dtype: torch.dtype) -> _Teacher:
+        """The same teacher with its head's weight and bias in ``dtype``."""
+        if self.weight is None:
+            return self
+        return self._replace(weight=self.weight.to(dtype), bias=None if self.bias is None else self.bias.to(dtype))
 
-def _sweep(
+
+def _run(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
@@ -98,64 +117,76 @@ def _sweep(
     chunk_rows: int,
     *,
     scale: float,
-    values: Tensor,
-    grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+    needs: tuple[bool, ...],
     row_grad: Tensor | None = None,
-) -> None:
-    """One pass over the rows, ``chunk_rows`` at a time: the per-token values into ``values``; the gradients
-    ``grads = (dh, dW, db)`` that are not None accumulated from each chunk's logit gradient times ``scale`` (and
-    times ``row_grad`` per row, if given)."""
-    grad_h, grad_w, grad_b = grads
-    n, v = hidden.shape[0], weight.shape[0]
-    logits = hidden.new_empty(min(chunk_rows, n), v)  # two buffers reused by every chunk
-    grad_logits = torch.empty_like(logits)
-    inner_rows = rows_per_chunk(None, max(v, teacher.vocab))
-    for i0 in range(0, n, chunk_rows):
-        i1 = min(i0 + chunk_rows, n)
-        z, g, ok = logits[: i1 - i0], grad_logits[: i1 - i0], valid[i0:i1]
-        h = hidden[i0:i1]
-        if not bool(ok.all()):  # masked rows may hold anything: keep NaN out of the weight gradient
-            h = torch.where(ok[:, None], h, 0.0)
-        torch.mm(h, weight.T, out=z)
-        if bias is not None:
-            z.add_(bias)
-        try:
-            fill_rows(
-                z,
-                teacher.rows(i0, i1),
-                ok,
-                None if labels is None else labels[i0:i1],
-                divergence=loss.divergence,
-                temperature=loss.temperature,
-                coef=loss.coef,
-                normalized=loss.normalized,
-                kl_weight=loss.kl_weight,
-                ce_weight=loss.ce_weight,
-                scale=scale,
-                chunk_rows=inner_rows,
-                values=values[i0:i1],
-                grad_s=g,
-                grad_t=None,
-            )
-        except ValueError as err:  # the logits are checked chunk by chunk: say which rows
-            raise ValueError(
-                f"rows [{i0}, {i1}) of hidden (student_logits = hidden @ weight.T + bias; indices below count from "
-                f"row {i0}): {err}"
-            ) from err
-        if row_grad is not None:  # ignored rows keep a zero gradient, whatever their grad_output
-            g.mul_(torch.where(ok, row_grad[i0:i1], 0.0)[:, None])
-        if grad_h is not None:
-            torch.mm(g, weight, out=grad_h[i0:i1])
-        if grad_w is not None:
-            grad_w.addmm_(g.T, h)  # in place: no V x H temporary per chunk
-        if grad_b is not None:
-            grad_b.add_(g.sum(0))
+) -> tuple[Tensor, tuple[Tensor | None, Tensor | None, Tensor | None]]:
+    """One pass over the rows, ``chunk_rows`` at a time: the per-token values, and the gradients of ``hidden``,
+    ``weight``, ``bias`` (those ``needs`` asks for) accumulated from each chunk's logit gradient times ``scale``
+    (and times ``row_grad`` per row, if given), each returned in its input's dtype.
 
-
-def _zeros_if(needed: tuple[bool, ...], *tensors: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Zero gradient buffers for ``hidden``, ``weight``, ``bias``: None where not needed (or no bias)."""
-    h, w, b = (torch.zeros_like(x) if x is not None and need else None for x, need in zip(tensors, needed, strict=True))
-    return h, w, b
+    Everything runs in float32 (float64 if any input is) with autocast off: float16/bfloat16 and mixed dtypes
+    (``torch.autocast`` gives bf16 hidden states and a float32 head) are upcast, chunk by chunk for ``hidden``;
+    the logits are formed and ``dW``, ``db`` accumulated in float32, and each gradient is rounded once at the
+    end (a bf16 head costs a float32 copy of the weight and of its gradient).
+    """
+    cdtype = compute_dtype(hidden.dtype, weight.dtype, teacher.dtype, *([] if bias is None else [bias.dtype]))
+    out_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+    values = torch.zeros(hidden.shape[0], dtype=cdtype, device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        weight, bias, teacher = weight.to(cdtype), None if bias is None else bias.to(cdtype), teacher.head_in(cdtype)
+        grad_h = torch.zeros_like(hidden) if needs[0] else None
+        grad_w = torch.zeros_like(weight) if needs[1] else None
+        grad_b = torch.zeros_like(bias) if bias is not None and needs[2] else None
+        n, v = hidden.shape[0], weight.shape[0]
+        logits = torch.empty(min(chunk_rows, n), v, dtype=cdtype, device=hidden.device)  # reused by every chunk
+        grad_logits = torch.empty_like(logits)
+        inner_rows = rows_per_chunk(None, max(v, teacher.vocab))
+        for i0 in range(0, n, chunk_rows):
+            i1 = min(i0 + chunk_rows, n)
+            z, g, ok = logits[: i1 - i0], grad_logits[: i1 - i0], valid[i0:i1]
+            h = hidden[i0:i1].to(cdtype)
+            if not bool(ok.all()):  # masked rows may hold anything: keep NaN out of the weight gradient
+                h = torch.where(ok[:, None], h, 0.0)
+            torch.mm(h, weight.T, out=z)
+            if bias is not None:
+                z.add_(bias)
+            try:
+                fill_rows(
+                    z,
+                    teacher.rows(i0, i1, cdtype),
+                    ok,
+                    None if labels is None else labels[i0:i1],
+                    divergence=loss.divergence,
+                    temperature=loss.temperature,
+                    coef=loss.coef,
+                    normalized=loss.normalized,
+                    kl_weight=loss.kl_weight,
+                    ce_weight=loss.ce_weight,
+                    scale=scale,
+                    chunk_rows=inner_rows,
+                    values=values[i0:i1],
+                    grad_s=g,
+                    grad_t=None,
+                )
+            except ValueError as err:  # the logits are checked chunk by chunk: say which rows
+                raise ValueError(
+                    f"rows [{i0}, {i1}) of hidden (student_logits = hidden @ weight.T + bias; indices below count from "
+                    f"row {i0}): {err}"
+                ) from err
+            if row_grad is not None:  # ignored rows keep a zero gradient, whatever their grad_output
+                g.mul_(torch.where(ok, row_grad[i0:i1], 0.0)[:, None])
+            if grad_h is not None and grad_h.dtype == cdtype:
+                torch.mm(g, weight, out=grad_h[i0:i1])
+            elif grad_h is not None:
+                grad_h[i0:i1] = torch.mm(g, weight)
+            if grad_w is not None:
+                grad_w.addmm_(g.T, h)  # in place: no V x H temporary per chunk
+            if grad_b is not None:
+                grad_b.add_(g.sum(0))
+    w_dtype, b_dtype = out_dtypes
+    grad_w = None if grad_w is None else grad_w.to(w_dtype)
+    grad_b = None if grad_b is None or b_dtype is None else grad_b.to(b_dtype)
+    return values, (grad_h, grad_w, grad_b)
 
 
 class FusedLinearDivergence(torch.autograd.Function):
@@ -183,16 +214,14 @@ class FusedLinearDivergence(torch.autograd.Function):
         *teacher_fields: Tensor | None,
     ) -> Tensor:
         teacher = _Teacher(*teacher_fields)
-        values = torch.zeros(hidden.shape[0], dtype=compute_dtype(hidden.dtype, teacher.dtype), device=hidden.device)
         args = (hidden, weight, bias, teacher, valid, labels, loss, chunk_rows)
         ctx.loss, ctx.chunk_rows, ctx.none = loss, chunk_rows, reduction == "none"  # type: ignore[attr-defined]
         if reduction == "none":
-            _sweep(*args, scale=1.0, values=values, grads=(None, None, None))
+            values, _ = _run(*args, scale=1.0, needs=(False, False, False))
             ctx.save_for_backward(hidden, weight, bias, valid, labels, *teacher)  # type: ignore[arg-type]
             return values
         scale = row_scale(valid, reduction, weight.shape[0])  # applied to each chunk's logit gradient
-        grads = _zeros_if(ctx.needs_input_grad[:3], hidden, weight, bias)  # type: ignore[attr-defined]
-        _sweep(*args, scale=scale, values=values, grads=grads)
+        values, grads = _run(*args, scale=scale, needs=ctx.needs_input_grad[:3])  # type: ignore[attr-defined]
         # saved (not a ctx attribute) so autograd frees them after backward and .grad takes them without a copy
         ctx.save_for_backward(*grads)  # type: ignore[arg-type]
         total = values.sum()
@@ -206,22 +235,8 @@ class FusedLinearDivergence(torch.autograd.Function):
             return tuple(scale_precomputed(g, grad_output, False) for g in ctx.saved_tensors) + nones
         hidden, weight, bias, valid, labels, *teacher_fields = ctx.saved_tensors
         teacher = _Teacher(*teacher_fields)
-        grads = _zeros_if(ctx.needs_input_grad[:3], hidden, weight, bias)
-        values = torch.zeros(hidden.shape[0], dtype=compute_dtype(hidden.dtype, teacher.dtype), device=hidden.device)
-        _sweep(
-            hidden,
-            weight,
-            bias,
-            teacher,
-            valid,
-            labels,
-            ctx.loss,
-            ctx.chunk_rows,
-            scale=1.0,
-            values=values,
-            grads=grads,
-            row_grad=grad_output,
-        )
+        args = (hidden, weight, bias, teacher, valid, labels, ctx.loss, ctx.chunk_rows)
+        _, grads = _run(*args, scale=1.0, needs=ctx.needs_input_grad[:3], row_grad=grad_output)
         return *grads, *nones
 
 
@@ -253,8 +268,6 @@ def _check_head(prefix: str, hidden: object, weight: object, bias: object, n: in
         )
     if n is not None and h.shape[0] != n:
         raise ValueError(f"{prefix}hidden has {h.shape[0]} rows, expected N = {n} (one per token of hidden)")
-    if h.dtype != w.dtype:
-        raise TypeError(f"{prefix}hidden has dtype {h.dtype} but {prefix}weight has {w.dtype}; use one dtype")
     if h.device != w.device:
         raise ValueError(f"{prefix}hidden is on {h.device} but {prefix}weight on {w.device}")
     if bias is None:
@@ -263,8 +276,8 @@ def _check_head(prefix: str, hidden: object, weight: object, bias: object, n: in
         raise TypeError(f"{prefix}bias must be a torch.Tensor or None, got {type(bias).__name__}")
     if bias.shape != (w.shape[0],):
         raise ValueError(f"{prefix}bias must have shape ({w.shape[0]},) (V of {prefix}weight), got {tuple(bias.shape)}")
-    if bias.dtype != w.dtype:
-        raise TypeError(f"{prefix}bias has dtype {bias.dtype} but {prefix}weight has {w.dtype}; use one dtype")
+    if not bias.is_floating_point():
+        raise TypeError(f"{prefix}bias has dtype {bias.dtype}; a floating-point dtype is required")
 
 
 def _check_teacher(teacher: object, n: int, device: torch.device) -> _Teacher:
@@ -318,22 +331,20 @@ def _fused(
     _check_head("", hidden, weight, bias, None)
     n, v = hidden.shape[0], weight.shape[0]
     t = _check_teacher(teacher, n, hidden.device)
+    check_not_meta("the fused linear losses", hidden, weight)
     valid = valid_rows(torch.Size([n]), labels, ignore_index, mask, hidden.device)
     targets = None
     if loss.ce_weight:
         assert labels is not None
         targets = labels.to(torch.int64)
-        out_of_range = valid & ((targets < 0) | (targets >= v))
-        if bool(out_of_range.any()):  # always checked: the kernels index by the labels
-            i = int(out_of_range.nonzero()[0, 0])
-            raise ValueError(
-                f"labels holds {int(targets[i])} at index {i}, outside [0, {v}) (V of weight) for a valid token "
-                f"(and not ignore_index={ignore_index})"
-            )
+        check_labels(targets, valid, v, ignore_index, vocab_of="weight")
+    if t.logits is not None:
+        warn_if_probabilities("teacher", t.logits, valid)
     chunk_rows = rows_per_chunk(chunk_size, max(v, t.vocab), _ROWS_PER_CHUNK)
     out: Tensor = FusedLinearDivergence.apply(  # type: ignore[no-untyped-call]
         hidden, weight, bias, valid, targets, loss, reduction, chunk_rows, *t
     )
+    warn_if_vocabularies_make_it_infinite(out, v, t.vocab)
     return out
 
 

@@ -15,9 +15,9 @@ from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
 from kldiv.losses import functional as LF
 from kldiv.losses import linear as LL
-from kldiv.losses.chunked import rows_per_chunk
-from kldiv.losses.functional import Implementation, Reduction, TeacherKind, TopK
 from kldiv.losses.linear import Direction, TeacherHead
+from kldiv.losses.options import Implementation, Reduction, TeacherKind, TopK, check_options
+from kldiv.losses.rows import rows_per_chunk
 
 
 class _DivergenceLoss(nn.Module):
@@ -32,7 +32,7 @@ class _DivergenceLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        LF.check_options(reduction, temperature, implementation)
+        check_options(reduction, temperature, implementation)
         self.temperature = temperature
         self.teacher_kind: TeacherKind = teacher_kind
         self.ignore_index = ignore_index
@@ -171,7 +171,7 @@ class _FusedLinearLoss(nn.Module):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        LF.check_options(reduction, temperature, "auto")
+        check_options(reduction, temperature, "auto")
         rows_per_chunk(chunk_size, 1)  # validates chunk_size
         self.temperature = temperature
         self.ignore_index = ignore_index

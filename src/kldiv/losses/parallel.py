@@ -72,16 +72,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from kldiv._numerics import INF, kl_terms_from_log_ratio
 from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta, _log_mixture, _logit_difference
-from kldiv.losses.chunked import rows_per_chunk, scale_precomputed
-from kldiv.losses.functional import (
-    Divergence,
-    Reduction,
-    _check_choice,
-    _check_logits_tensor,
-    compute_dtype,
-    row_scale,
-    valid_rows,
-)
+from kldiv.losses.options import Divergence, Reduction, check_choice, check_logits_tensor, compute_dtype, valid_rows
+from kldiv.losses.rows import row_scale, rows_per_chunk, scale_precomputed
 
 Direction = Divergence
 """``"forward"`` KL(P||Q), ``"reverse"`` KL(Q||P), ``"symmetric"`` (``weight``), ``"jsd"`` (``beta``)."""
@@ -422,7 +414,7 @@ def _divergence_spec(
     direction: Direction, temperature: float, weight: float | None, beta: float | None, normalized: bool
 ) -> _Spec:
     """Validate the divergence options as :func:`kldiv.losses.symmetric_kl` / :func:`kldiv.losses.generalized_jsd`."""
-    _check_choice("direction", direction, get_args(Direction))
+    check_choice("direction", direction, get_args(Direction))
     t_value = check_scalar("temperature", temperature, low=0.0, low_open=True)
     if not isinstance(normalized, bool):
         raise TypeError(f"normalized must be a bool, got {type(normalized).__name__}")
@@ -465,9 +457,9 @@ def _logits_loss(
     reduction: str,
     chunk_size: int | None,
 ) -> Tensor:
-    _check_choice("reduction", reduction, get_args(Reduction))
-    student = _check_logits_tensor("student_shard", student_shard)
-    teacher = _check_logits_tensor("teacher_shard", teacher_shard)
+    check_choice("reduction", reduction, get_args(Reduction))
+    student = check_logits_tensor("student_shard", student_shard)
+    teacher = check_logits_tensor("teacher_shard", teacher_shard)
     _check_shards(student, teacher)
     batch_shape = student.shape[:-1]
     v_local = student.shape[-1]
@@ -598,9 +590,9 @@ def vocab_parallel_linear_kl(
     cross-entropy.
     """
     spec = _divergence_spec(direction, temperature, weight, beta, normalized)
-    _check_choice("reduction", reduction, get_args(ScalarReduction))
+    check_choice("reduction", reduction, get_args(ScalarReduction))
     for name, x in (("hidden", hidden), ("weight_shard", weight_shard), ("teacher_shard", teacher_shard)):
-        _check_logits_tensor(name, x)
+        check_logits_tensor(name, x)
     if weight_shard.dim() != 2 or weight_shard.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"weight_shard must be (V_r, H) with H = hidden.shape[-1] = {hidden.shape[-1]}, got "
@@ -609,7 +601,7 @@ def vocab_parallel_linear_kl(
     if hidden.dtype != weight_shard.dtype:
         raise TypeError(f"hidden has dtype {hidden.dtype} but weight_shard has {weight_shard.dtype}; use one dtype")
     if bias_shard is not None:
-        _check_logits_tensor("bias_shard", bias_shard)
+        check_logits_tensor("bias_shard", bias_shard)
         if bias_shard.shape != (weight_shard.shape[0],):
             raise ValueError(f"bias_shard must have shape ({weight_shard.shape[0]},), got {tuple(bias_shard.shape)}")
         if bias_shard.dtype != weight_shard.dtype:

@@ -1,9 +1,9 @@
 """Row-chunked losses for the teachers the fused kernels do not cover: top-k teachers and probability teachers.
 
 :class:`ChunkedTeacherRows` walks the rows (tokens) in chunks. For each chunk it runs the reference per-row
-kernels of the naive path (:func:`kldiv.losses.functional._naive`, which coarse-grains a ``rest="mass"`` top-k
-teacher by :func:`~kldiv.losses.functional._topk_mass_rows`, plus the hard-label
-:func:`~kldiv.losses.functional._cross_entropy_rows` of :func:`~kldiv.losses.functional.distillation_loss`) on
+kernels of the naive path (:func:`kldiv.losses.rows.reference_rows`, which coarse-grains a ``rest="mass"`` top-k
+teacher by :func:`~kldiv.losses.rows.topk_mass_rows`, plus the hard-label
+:func:`~kldiv.losses.rows.cross_entropy_rows` of :func:`~kldiv.losses.functional.distillation_loss`) on
 detached copies of the chunk's rows, and differentiates them there with ``torch.autograd.grad``: the per-row
 values and the gradients ``d reduced / d student`` (and ``d reduced / d teacher`` when the teacher tensor or
 ``TopK.values`` requires grad) are those of the naive path, one formula for each. The gradients go into
@@ -23,21 +23,22 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from kldiv.losses.chunked import rows_per_chunk, scale_precomputed
-from kldiv.losses.functional import (
+from kldiv.losses.options import (
     Divergence,
     Reduction,
     TeacherKind,
     TopK,
-    _cross_entropy_rows,
-    _naive,
-    _pad_vocab,
-    _weighted,
-    check_mass_indices,
     check_rows,
     compute_dtype,
+)
+from kldiv.losses.rows import (
+    cross_entropy_rows,
     reduce_rows,
+    reference_rows,
     row_scale,
+    rows_per_chunk,
+    scale_precomputed,
+    weighted,
 )
 
 
@@ -46,9 +47,7 @@ class RowSpec:
     """The validated options of :class:`ChunkedTeacherRows`.
 
     ``rest`` is the top-k teacher's rest policy, or None for a dense probability teacher; ``kind`` is ``TopK.kind``
-    or ``teacher_kind``. ``width``: the student is padded with ``-inf`` to this many ids before the reference runs
-    (the dense width of a renormalized top-k teacher over the whole batch, so every chunk has the naive path's
-    shape). The per-row value is ``kl_weight * divergence + ce_weight * CE``.
+    or ``teacher_kind``. The per-row value is ``kl_weight * divergence + ce_weight * CE``.
     """
 
     divergence: Divergence
@@ -61,7 +60,6 @@ class RowSpec:
     kl_weight: float
     ce_weight: float
     chunk_rows: int
-    width: int
 
 
 def _reference_rows(
@@ -69,18 +67,18 @@ def _reference_rows(
 ) -> Tensor:
     """Per-row values of one chunk by the naive path's kernels (0 at ignored rows)."""
     cdtype = compute_dtype(student.dtype, teacher.dtype)
+    student = student.to(cdtype)  # once: the gradients of both terms meet in cdtype and are rounded once
     source: Tensor | TopK = teacher
     if spec.rest is not None:
         assert indices is not None
         source = TopK(indices, teacher, kind=spec.kind, rest=spec.rest)
-    padded = _pad_vocab(student, spec.width) if spec.rest == "renormalize" else student
-    naive = _naive(
-        spec.divergence, padded, source, spec.kind, valid, spec.temperature, spec.coef, spec.normalized, cdtype
+    naive = reference_rows(
+        spec.divergence, student, source, spec.kind, valid, spec.temperature, spec.coef, spec.normalized, cdtype
     )
-    values = _weighted(spec.kl_weight, naive)
+    values = weighted(spec.kl_weight, naive)
     if spec.ce_weight:
         assert labels is not None
-        values = values + spec.ce_weight * _cross_entropy_rows(student, labels, valid, cdtype)
+        values = values + spec.ce_weight * cross_entropy_rows(student, labels, valid, cdtype)
     return values
 
 
@@ -187,28 +185,19 @@ def chunked_teacher_rows(
     """The reduced loss of flat student rows (N, V) and a top-k or probability teacher by
     :class:`ChunkedTeacherRows` (arguments validated as in :func:`kldiv.losses.functional._loss`).
 
-    ``chunk_size`` is the number of rows per chunk; by default ``2^18 // width`` (at least 1),
-    ``width`` the widest row of the chunk: the student's, the dense teacher's or the top-k teacher's ids.
+    ``chunk_size`` is the number of rows per chunk; by default ``2^18 // width`` (at least 1), ``width`` the
+    wider of the student's and a dense teacher's vocabularies.
     """
     n, vocab = student.shape
-    width = vocab
     indices = None
     if isinstance(teacher, TopK):
         indices = teacher.indices.reshape(n, teacher.indices.shape[-1])
         values = teacher.values.reshape(n, teacher.values.shape[-1])
         kind, rest = teacher.kind, teacher.rest
-        if rest == "mass":
-            check_mass_indices(indices, valid, vocab)
-        else:
-            top = indices[valid]
-            width = max(vocab, int(top.max()) + 1) if top.numel() else vocab
     else:
         values, kind, rest = teacher, teacher_kind, None
-        width = max(vocab, teacher.shape[1])
-    chunk_rows = rows_per_chunk(chunk_size, width)
-    spec = RowSpec(
-        divergence, kind, rest, temperature, coef, normalized, reduction, kl_weight, ce_weight, chunk_rows, width
-    )
+    chunk_rows = rows_per_chunk(chunk_size, max(vocab, values.shape[1] if rest is None else 0))
+    spec = RowSpec(divergence, kind, rest, temperature, coef, normalized, reduction, kl_weight, ce_weight, chunk_rows)
     if not (torch.is_grad_enabled() and (student.requires_grad or values.requires_grad)):
         rows = fill_rows(spec, student, values, indices, valid, labels, None, None)
         return reduce_rows(rows, valid, reduction, vocab, rows.shape)
