@@ -30,11 +30,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* SIMD paths, chosen once at import by the CPU's features (simd_paths() lists them, best first):
+ *   "avx512f"  AVX-512F with FMA;  "avx2"  AVX2 with FMA (x86-64-v3);  "baseline"  the compiler's defaults.
+ * Each is the same source compiled for its target (KLDIV_PATH below); the paths with FMA evaluate the
+ * exponentials' polynomials with fused multiply-adds (their only difference in arithmetic: the last bits of an
+ * exponential may differ between paths, never its accuracy bound). Everything else is plain C arithmetic,
+ * built with -ffp-contract=off so that no other expression is contracted. The loops vectorize only with
+ * -fno-trapping-math (setup.py): under GCC's default -ftrapping-math it keeps the selects of a branch-free
+ * loop (the clamp of the argument, r < 1/2) as branches and, without AVX-512's masked operations, vectorizes
+ * nothing; the AVX2 code then ran scalar, 13.6 instead of 2 ns per logit. */
 #if defined(__x86_64__) && (defined(__clang__) ? __clang_major__ >= 14 : defined(__GNUC__))
-#define KLDIV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define KLDIV_CLONES
+#define KLDIV_X86 1
 #endif
+#if defined(__GNUC__) || defined(__clang__)
+#define KLDIV_INLINE static inline __attribute__((always_inline))
+#else
+#define KLDIV_INLINE static inline
+#endif
+
+/* a * b + c, fused (one rounding) on the paths with FMA: `fused` is a constant of each path, folded when the
+ * always-inline callers are compiled for it */
+KLDIV_INLINE float mul_add_f(float a, float b, float c, int fused) { return fused ? fmaf(a, b, c) : a * b + c; }
+KLDIV_INLINE double mul_add_d(double a, double b, double c, int fused) { return fused ? fma(a, b, c) : a * b + c; }
 
 /* Row sums: float32 partial sums over blocks of BLOCK entries (vectorized), accumulated in float64. */
 #define BLOCK 512
@@ -45,75 +62,81 @@
 #define REFINE_BELOW 0.1
 
 /* exp(x) for x <= 0: x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) by the Cephes expf polynomial, 2^n by exponent
- * bits. Rounding to the integer n by the 1.5 * 2^23 shifter keeps the loop branch-free and vectorizable. */
-static inline float exp_nonpositive(float x) {
+ * bits (0 for n < -126: results below 2^-126 are flushed to 0). Rounding to the integer n by the 1.5 * 2^23
+ * shifter and every select on integers or by max keep the loop branch-free and vectorizable. */
+KLDIV_INLINE float exp_nonpositive(float x, int fused) {
     const float shifter = 12582912.0f;
     x = x < -103.0f ? -103.0f : x;
-    float k = x * 1.44269504088896341f + shifter;
+    float k = mul_add_f(x, 1.44269504088896341f, shifter, fused);
     float n = k - shifter;
     int32_t ki;
     memcpy(&ki, &k, sizeof ki);
-    float r = x - n * 0.693359375f;
-    r = r + n * 2.12194440e-4f;
+    float r = mul_add_f(n, -0.693359375f, x, fused);
+    r = mul_add_f(n, 2.12194440e-4f, r, fused);
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    int32_t bits = (ki - 0x4B400000 + 127) * (1 << 23);
+    p = mul_add_f(p, r, 1.3981999507e-3f, fused);
+    p = mul_add_f(p, r, 8.3334519073e-3f, fused);
+    p = mul_add_f(p, r, 4.1665795894e-2f, fused);
+    p = mul_add_f(p, r, 1.6666665459e-1f, fused);
+    p = mul_add_f(p, r, 5.0000001201e-1f, fused);
+    float y = mul_add_f(p * r, r, r, fused) + 1.0f;
+    int32_t biased = ki - 0x4B400000 + 127; /* n + 127: 0 or below for n < -126 */
+    biased = biased > 0 ? biased : 0;
+    int32_t bits = biased * (1 << 23);
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return n < -126.0f ? 0.0f : y * scale;
+    return y * scale;
 }
 
 /* exp(x) in float64 for x <= 0 (0 below about -708): x = n ln 2 + r, |r| <= ln 2 / 2, exp(r) by its Taylor
- * series to degree 12 (truncation about 2.4e-16 relative; measured error at most 2.5 ulp on [-708, 0]), 2^n by exponent bits; branch-free, vectorizable. */
-static inline double exp_double(double x) {
+ * series to degree 12 (truncation about 2.4e-16 relative; measured error at most 2.5 ulp on [-708, 0]), 2^n by
+ * exponent bits; branch-free, vectorizable. */
+KLDIV_INLINE double exp_double(double x, int fused) {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
     x = x < -745.0 ? -745.0 : x;
-    double k = x * 1.4426950408889634 + shifter;
+    double k = mul_add_d(x, 1.4426950408889634, shifter, fused);
     double n = k - shifter;
     int64_t ki;
     memcpy(&ki, &k, sizeof ki);
-    double r = x - n * 0.693145751953125;
-    r = r - n * 1.42860682030941723212e-6;
+    double r = mul_add_d(n, -0.693145751953125, x, fused);
+    r = mul_add_d(n, -1.42860682030941723212e-6, r, fused);
     double p = 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    int64_t bits = (ki - 0x4338000000000000LL + 1023) * ((int64_t)1 << 52);
+    p = mul_add_d(p, r, 1.0 / 39916800.0, fused);
+    p = mul_add_d(p, r, 1.0 / 3628800.0, fused);
+    p = mul_add_d(p, r, 1.0 / 362880.0, fused);
+    p = mul_add_d(p, r, 1.0 / 40320.0, fused);
+    p = mul_add_d(p, r, 1.0 / 5040.0, fused);
+    p = mul_add_d(p, r, 1.0 / 720.0, fused);
+    p = mul_add_d(p, r, 1.0 / 120.0, fused);
+    p = mul_add_d(p, r, 1.0 / 24.0, fused);
+    p = mul_add_d(p, r, 1.0 / 6.0, fused);
+    p = mul_add_d(p, r, 0.5, fused);
+    p = mul_add_d(p, r, 1.0, fused);
+    p = mul_add_d(p, r, 1.0, fused);
+    int64_t biased = ki - 0x4338000000000000LL + 1023; /* n + 1023: 0 or below for n < -1022 (flushed to 0) */
+    biased = biased > 0 ? biased : 0;
+    int64_t bits = biased * ((int64_t)1 << 52);
     double scale;
     memcpy(&scale, &bits, sizeof scale);
-    return n < -1022.0 ? 0.0 : p * scale;
+    return p * scale;
 }
 
 /* e^x - 1 - x for |x| < 1/2, without cancellation: its Taylor series x^2/2! + ... + x^14/14! (the rest is
  * below 1e-17 relative), by Horner's rule. */
-static inline double exp_m1_minus_x_small(double x) {
+KLDIV_INLINE double exp_m1_minus_x_small(double x, int fused) {
     double p = 1.0 / 87178291200.0;
-    p = p * x + 1.0 / 6227020800.0;
-    p = p * x + 1.0 / 479001600.0;
-    p = p * x + 1.0 / 39916800.0;
-    p = p * x + 1.0 / 3628800.0;
-    p = p * x + 1.0 / 362880.0;
-    p = p * x + 1.0 / 40320.0;
-    p = p * x + 1.0 / 5040.0;
-    p = p * x + 1.0 / 720.0;
-    p = p * x + 1.0 / 120.0;
-    p = p * x + 1.0 / 24.0;
-    p = p * x + 1.0 / 6.0;
-    p = p * x + 0.5;
+    p = mul_add_d(p, x, 1.0 / 6227020800.0, fused);
+    p = mul_add_d(p, x, 1.0 / 479001600.0, fused);
+    p = mul_add_d(p, x, 1.0 / 39916800.0, fused);
+    p = mul_add_d(p, x, 1.0 / 3628800.0, fused);
+    p = mul_add_d(p, x, 1.0 / 362880.0, fused);
+    p = mul_add_d(p, x, 1.0 / 40320.0, fused);
+    p = mul_add_d(p, x, 1.0 / 5040.0, fused);
+    p = mul_add_d(p, x, 1.0 / 720.0, fused);
+    p = mul_add_d(p, x, 1.0 / 120.0, fused);
+    p = mul_add_d(p, x, 1.0 / 24.0, fused);
+    p = mul_add_d(p, x, 1.0 / 6.0, fused);
+    p = mul_add_d(p, x, 0.5, fused);
     return p * x * x;
 }
 
@@ -122,14 +145,13 @@ static inline double exp_m1_minus_x_small(double x) {
  *   KL(P||Q) = sum p (e^-r - 1 + r),  KL(Q||P) = sum q (e^r - 1 - r),
  * every term >= 0 (the identities hold as sum p = sum q = 1); for |r| >= 1/2 the terms are q - p + p r and
  * p - q - q r, which do not cancel. The discrete core's kl_terms_from_log_ratio, in C. */
-KLDIV_CLONES
-static double small_kl(const float *s, const float *t, Py_ssize_t V, float ms, float mt, double inv_t, double w_f,
-                       double *ea, double *eb) {
+KLDIV_INLINE double small_kl(const float *s, const float *t, Py_ssize_t V, float ms, float mt, double inv_t,
+                             double w_f, double *ea, double *eb, int fused) {
     double za = 0.0, zb = 0.0;
 #pragma omp simd reduction(+ : za, zb)
     for (Py_ssize_t v = 0; v < V; ++v) {
-        ea[v] = exp_double(((double)s[v] - ms) * inv_t);
-        eb[v] = exp_double(((double)t[v] - mt) * inv_t);
+        ea[v] = exp_double(((double)s[v] - ms) * inv_t, fused);
+        eb[v] = exp_double(((double)t[v] - mt) * inv_t, fused);
         za += ea[v];
         zb += eb[v];
     }
@@ -140,9 +162,11 @@ static double small_kl(const float *s, const float *t, Py_ssize_t V, float ms, f
         /* the difference of the exact float64 t - max t and s - max s, scaled once: no rounding of a and b apart */
         const double r = (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t - c;
         const double q = ea[v] / za, p = eb[v] / zb;
-        const int small = r < 0.5 && r > -0.5;
-        kl_f += small ? p * exp_m1_minus_x_small(-r) : q - p + p * r;
-        kl_r += small ? q * exp_m1_minus_x_small(r) : p - q - q * r;
+        const int small = fabs(r) < 0.5;
+        const double f_series = p * exp_m1_minus_x_small(-r, fused), f_direct = q - p + p * r;
+        const double r_series = q * exp_m1_minus_x_small(r, fused), r_direct = p - q - q * r;
+        kl_f += small ? f_series : f_direct;
+        kl_r += small ? r_series : r_direct;
     }
     return w_f * kl_f + (1.0 - w_f) * kl_r;
 }
@@ -157,11 +181,84 @@ typedef struct {
     double inv_t, w_f, weight, ce_coef;
 } Job;
 
-KLDIV_CLONES
-static void kl_row_range(const Job *job, float *eb_row, double *exps) {
+typedef struct {
+    double za, zb, pd, rest, z1;
+} RowSums;
+
+/* The exponentials of one row and their sums (the row's second pass): e_a into g, e_b into eb, Z_a, Z_b and
+ * <e_b, d>; with `centre`, <e_a, d - d_r> in float64 (d from the exact differences of the logits); with `hard`,
+ * exp(s - max s) into e1 and its sum. The flags are constants of each call site, so each combination compiles
+ * to a loop of its own without the others' work. */
+KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *eb, float *e1, Py_ssize_t V, float ms,
+                              float mt, float inv_t, double inv_t_d, double d_r, int centre, int hard, int fused) {
+    RowSums sums = {0.0, 0.0, 0.0, 0.0, 0.0};
+    for (Py_ssize_t v0 = 0; v0 < V; v0 += BLOCK) {
+        const Py_ssize_t v1 = v0 + BLOCK < V ? v0 + BLOCK : V;
+        float za = 0.0f, zb = 0.0f, pd = 0.0f, z1 = 0.0f;
+        double rest = 0.0;
+#pragma omp simd reduction(+ : za, zb, pd, z1, rest)
+        for (Py_ssize_t v = v0; v < v1; ++v) {
+            const float a = (s[v] - ms) * inv_t, b = (t[v] - mt) * inv_t, d = b - a;
+            const float e_a = exp_nonpositive(a, fused), e_b = exp_nonpositive(b, fused);
+            g[v] = e_a;
+            eb[v] = e_b;
+            za += e_a;
+            zb += e_b;
+            pd += e_b * d;
+            if (centre) rest += (double)e_a * ((((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d - d_r);
+            if (hard) {
+                const float e = exp_nonpositive(s[v] - ms, fused);
+                e1[v] = e;
+                z1 += e;
+            }
+        }
+        sums.za += za;
+        sums.zb += zb;
+        sums.pd += pd;
+        sums.rest += rest;
+        sums.z1 += z1;
+    }
+    return sums;
+}
+
+/* The gradient pass: g = (ca e_a + cb e_b) + cr e_a (k0 - d) + (c1 e1 with `hard`, else cq e_a), the centred
+ * k0 - d = c - d - KL(Q||P) formed in float64 (with `centre`; without it cr is 0 and the term is left out). */
+KLDIV_INLINE void gradient(const float *s, const float *t, float *g, const float *eb, const float *e1, Py_ssize_t V,
+                           float ms, float mt, double inv_t_d, float ca, float cb, float cr, double k0, float cq,
+                           float c1, int centre, int hard) {
+#pragma omp simd
+    for (Py_ssize_t v = 0; v < V; ++v) {
+        float value = g[v] * ca + eb[v] * cb;
+        if (centre) {
+            const float centred = (float)(k0 - (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d);
+            value += cr * g[v] * centred;
+        }
+        g[v] = value + (hard ? c1 * e1[v] : cq * g[v]);
+    }
+}
+
+/* Index of the first entry equal to m (the row's maximum, so there is one), found block by block with a
+ * vectorized test; 0 if none. */
+KLDIV_INLINE Py_ssize_t first_equal(const float *s, Py_ssize_t V, float m) {
+    for (Py_ssize_t v0 = 0; v0 < V; v0 += 64) {
+        const Py_ssize_t v1 = v0 + 64 < V ? v0 + 64 : V;
+        int hit = 0;
+#pragma omp simd reduction(| : hit)
+        for (Py_ssize_t v = v0; v < v1; ++v) hit |= s[v] == m;
+        if (hit)
+            for (Py_ssize_t v = v0; v < v1; ++v)
+                if (s[v] == m) return v;
+    }
+    return 0;
+}
+
+/* The rows of a job; `work` holds 2 V floats (e_b and exp(s - max s) of a row), `exps` 2 V doubles (small_kl). */
+KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fused) {
     const Py_ssize_t V = job->vocab;
     const float inv_t = (float)job->inv_t;
     const double inv_t_d = job->inv_t;
+    const int centre = job->w_f != 1.0, hard = job->labels != NULL && inv_t != 1.0f;
+    float *eb = work, *e1 = work + V;
     for (Py_ssize_t i = 0; i < job->rows; ++i) {
         const float *s = job->s + i * job->s_stride, *t = job->t + i * job->t_stride;
         float *g = job->g + i * job->g_stride;
@@ -184,41 +281,23 @@ static void kl_row_range(const Job *job, float *eb_row, double *exps) {
             if (job->ce) job->ce[i] = NAN;
             continue;
         }
-        double za = 0.0, zb = 0.0, pd = 0.0;
-        for (Py_ssize_t v0 = 0; v0 < V; v0 += BLOCK) {
-            const Py_ssize_t v1 = v0 + BLOCK < V ? v0 + BLOCK : V;
-            float za_ = 0.0f, zb_ = 0.0f, pd_ = 0.0f;
-#pragma omp simd reduction(+ : za_, zb_, pd_)
-            for (Py_ssize_t v = v0; v < v1; ++v) {
-                const float a = (s[v] - ms) * inv_t, b = (t[v] - mt) * inv_t, d = b - a;
-                const float ea = exp_nonpositive(a), eb = exp_nonpositive(b);
-                g[v] = ea;
-                eb_row[v] = eb;
-                za_ += ea;
-                zb_ += eb;
-                pd_ += eb * d;
-            }
-            za += za_;
-            zb += zb_;
-            pd += pd_;
-        }
         /* <q, d> = d_r + <q, d - d_r>, r the student's most probable entry, in float64 (where t - max t and
          * s - max s are exact): the largest term drops out, so the rounding of Z_a cannot swamp the centred
          * gradient q (<q, d> - d), which can be far smaller than |d| */
-        double qd_centre = 0.0;
-        if (job->w_f != 1.0) {
-            Py_ssize_t r = 0;
-            while (r < V - 1 && s[r] != ms) ++r;
-            const double d_r = ((double)t[r] - mt) * inv_t_d;
-            double rest = 0.0;
-#pragma omp simd reduction(+ : rest)
-            for (Py_ssize_t v = 0; v < V; ++v)
-                rest += (double)g[v] * ((((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d - d_r);
-            qd_centre = d_r + rest / za;
-        }
-        const double c = log(zb / za), kl_f = pd / zb - c, kl_r = c - qd_centre;
+        const double d_r = centre ? ((double)t[first_equal(s, V, ms)] - mt) * inv_t_d : 0.0;
+        RowSums sums;
+        if (centre)
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 1, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 1, 0, fused);
+        else
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 0, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 0, 0, fused);
+        const double za = sums.za, zb = sums.zb;
+        const double qd_centre = centre ? d_r + sums.rest / za : 0.0;
+        const double c = log(zb / za), kl_f = sums.pd / zb - c, kl_r = c - qd_centre;
         const double value = job->w_f * kl_f + (1.0 - job->w_f) * kl_r;
-        job->kl[i] = value < REFINE_BELOW ? small_kl(s, t, V, ms, mt, inv_t_d, job->w_f, exps, exps + V) : value;
+        job->kl[i] =
+            value < REFINE_BELOW ? small_kl(s, t, V, ms, mt, inv_t_d, job->w_f, exps, exps + V, fused) : value;
         /* gradient = ca e_a + cb e_b + cr e_a (k0 - d) + hard-label part (cq e_a at T = 1, else c1 exp(s - max s)),
          * each term with its own coefficient, so that equal terms cancel exactly (e.g. a one-entry vocabulary) */
         const float ca = (float)(job->w_f * job->weight / za), cb = (float)(-job->w_f * job->weight / zb);
@@ -227,41 +306,67 @@ static void kl_row_range(const Job *job, float *eb_row, double *exps) {
         float cq = 0.0f, c1 = 0.0f;
         if (job->labels) {
             const int64_t y = job->labels[i];
-            if (inv_t == 1.0f) {
-                job->ce[i] = log(za) - (double)(s[y] - ms);
-                cq = (float)(job->ce_coef / za);
-            } else {
-                double z1 = 0.0;
-                for (Py_ssize_t v0 = 0; v0 < V; v0 += BLOCK) {
-                    const Py_ssize_t v1 = v0 + BLOCK < V ? v0 + BLOCK : V;
-                    float z1_ = 0.0f;
-#pragma omp simd reduction(+ : z1_)
-                    for (Py_ssize_t v = v0; v < v1; ++v) z1_ += exp_nonpositive(s[v] - ms);
-                    z1 += z1_;
-                }
-                job->ce[i] = log(z1) - (double)(s[y] - ms);
-                c1 = (float)(job->ce_coef / z1);
-            }
+            const double z = hard ? sums.z1 : za;
+            job->ce[i] = log(z) - (double)(s[y] - ms);
+            if (hard)
+                c1 = (float)(job->ce_coef / z);
+            else
+                cq = (float)(job->ce_coef / z);
         }
-        if (cr == 0.0f && c1 == 0.0f) {
-#pragma omp simd
-            for (Py_ssize_t v = 0; v < V; ++v) g[v] = (g[v] * ca + eb_row[v] * cb) + cq * g[v];
-        } else if (c1 == 0.0f) {
-#pragma omp simd
-            for (Py_ssize_t v = 0; v < V; ++v) {
-                const float centred = (float)(k0 - (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d);
-                g[v] = (g[v] * ca + eb_row[v] * cb) + cr * g[v] * centred + cq * g[v];
-            }
+        if (centre) {
+            if (hard)
+                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 1, 1);
+            else
+                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 1, 0);
         } else {
-#pragma omp simd
-            for (Py_ssize_t v = 0; v < V; ++v) {
-                const float centred = (float)(k0 - (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d);
-                g[v] = (g[v] * ca + eb_row[v] * cb) + cr * g[v] * centred + c1 * exp_nonpositive(s[v] - ms);
-            }
+            if (hard)
+                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 0, 1);
+            else
+                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 0, 0);
         }
         if (job->labels) g[job->labels[i]] -= (float)job->ce_coef;
     }
 }
+
+/* One function per SIMD path: the rows of a job, and the two exponentials on arrays (for the tests). */
+#define KLDIV_PATH(name, target, fused)                                                                             \
+    target static void kl_rows_##name(const Job *job, float *work, double *exps) {                                   \
+        kl_row_range(job, work, exps, fused);                                                                        \
+    }                                                                                                                \
+    target static void exp_f32_##name(const float *x, float *y, Py_ssize_t n) {                                      \
+        _Pragma("omp simd") for (Py_ssize_t i = 0; i < n; ++i) y[i] = exp_nonpositive(x[i], fused);                  \
+    }                                                                                                                \
+    target static void exp_f64_##name(const double *x, double *y, Py_ssize_t n) {                                    \
+        _Pragma("omp simd") for (Py_ssize_t i = 0; i < n; ++i) y[i] = exp_double(x[i], fused);                       \
+    }
+
+KLDIV_PATH(baseline, , 0)
+#ifdef KLDIV_X86
+KLDIV_PATH(avx2, __attribute__((target("avx2,fma"))), 1)
+KLDIV_PATH(avx512f, __attribute__((target("avx512f,fma"))), 1)
+static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+static int has_avx512f(void) { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); }
+#endif
+static int always(void) { return 1; }
+
+typedef struct {
+    const char *name;
+    int (*supported)(void);
+    void (*rows)(const Job *, float *, double *);
+    void (*exp_f32)(const float *, float *, Py_ssize_t);
+    void (*exp_f64)(const double *, double *, Py_ssize_t);
+} Path;
+
+/* best first */
+static const Path PATHS[] = {
+#ifdef KLDIV_X86
+    {"avx512f", has_avx512f, kl_rows_avx512f, exp_f32_avx512f, exp_f64_avx512f},
+    {"avx2", has_avx2, kl_rows_avx2, exp_f32_avx2, exp_f64_avx2},
+#endif
+    {"baseline", always, kl_rows_baseline, exp_f32_baseline, exp_f64_baseline},
+};
+#define N_PATHS ((int)(sizeof PATHS / sizeof PATHS[0]))
+static const Path *path = &PATHS[N_PATHS - 1];
 
 static int as_pointer(PyObject *obj, void **out) {
     if (obj == Py_None) {
@@ -301,22 +406,124 @@ static PyObject *kl_rows(PyObject *self, PyObject *args) {
     job.ce = p[4];
     job.valid = p[5];
     job.labels = p[6];
-    float *eb_row = malloc((size_t)job.vocab * sizeof *eb_row);
+    float *work = malloc(2 * (size_t)job.vocab * sizeof *work);
     double *exps = malloc(2 * (size_t)job.vocab * sizeof *exps); /* small_kl's float64 exponentials */
-    if (!eb_row || !exps) {
-        free(eb_row);
+    if (!work || !exps) {
+        free(work);
         free(exps);
         return PyErr_NoMemory();
     }
-    Py_BEGIN_ALLOW_THREADS kl_row_range(&job, eb_row, exps);
-    Py_END_ALLOW_THREADS free(eb_row);
+    void (*rows)(const Job *, float *, double *) = path->rows;
+    Py_BEGIN_ALLOW_THREADS rows(&job, work, exps);
+    Py_END_ALLOW_THREADS free(work);
     free(exps);
     Py_RETURN_NONE;
 }
 
-static PyMethodDef methods[] = {{"kl_rows", kl_rows, METH_VARARGS, kl_rows_doc}, {NULL, NULL, 0, NULL}};
+PyDoc_STRVAR(exp_f32_doc, "exp_f32(x, out, n)\n\n"
+                          "The kernel's float32 exponential of x <= 0 (n float32 values at address x) into out, "
+                          "on the current SIMD path.");
+
+PyDoc_STRVAR(exp_f64_doc, "exp_f64(x, out, n)\n\n"
+                          "The kernel's float64 exponential of x <= 0 (n float64 values at address x) into out, "
+                          "on the current SIMD path.");
+
+static PyObject *exp_array(PyObject *args, int wide) {
+    PyObject *o_x, *o_out;
+    Py_ssize_t n;
+    void *x, *out;
+    if (!PyArg_ParseTuple(args, "OOn", &o_x, &o_out, &n)) return NULL;
+    if (!as_pointer(o_x, &x) || !as_pointer(o_out, &out)) return NULL;
+    if (!x || !out || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "exp: x and out must be addresses, n >= 0");
+        return NULL;
+    }
+    const Path *p = path;
+    Py_BEGIN_ALLOW_THREADS if (wide) p->exp_f64(x, out, n);
+    else p->exp_f32(x, out, n);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+static PyObject *exp_f32(PyObject *self, PyObject *args) {
+    (void)self;
+    return exp_array(args, 0);
+}
+
+static PyObject *exp_f64(PyObject *self, PyObject *args) {
+    (void)self;
+    return exp_array(args, 1);
+}
+
+PyDoc_STRVAR(simd_path_doc, "simd_path()\n\nThe SIMD path the kernels run: 'avx512f', 'avx2' or 'baseline'.");
+
+static PyObject *simd_path(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_FromString(path->name);
+}
+
+PyDoc_STRVAR(simd_paths_doc, "simd_paths()\n\nThe SIMD paths this CPU can run, best (the one chosen at import) first.");
+
+static PyObject *simd_paths(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *names = PyList_New(0);
+    if (!names) return NULL;
+    for (int k = 0; k < N_PATHS; ++k) {
+        if (!PATHS[k].supported()) continue;
+        PyObject *name = PyUnicode_FromString(PATHS[k].name);
+        if (!name || PyList_Append(names, name) < 0) {
+            Py_XDECREF(name);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(name);
+    }
+    PyObject *out = PyList_AsTuple(names);
+    Py_DECREF(names);
+    return out;
+}
+
+PyDoc_STRVAR(set_simd_path_doc, "set_simd_path(name)\n\n"
+                                "Run the kernels on the SIMD path `name`, one of simd_paths() (for tests and "
+                                "benchmarks; not thread-safe against running kernels).");
+
+static PyObject *set_simd_path(PyObject *self, PyObject *args) {
+    const char *name;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int k = 0; k < N_PATHS; ++k) {
+        if (strcmp(PATHS[k].name, name) != 0) continue;
+        if (!PATHS[k].supported()) {
+            PyErr_Format(PyExc_ValueError, "set_simd_path: this CPU cannot run the SIMD path '%s'", name);
+            return NULL;
+        }
+        path = &PATHS[k];
+        Py_RETURN_NONE;
+    }
+    PyErr_Format(PyExc_ValueError, "set_simd_path: unknown SIMD path '%s'", name);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {{"kl_rows", kl_rows, METH_VARARGS, kl_rows_doc},
+                                {"exp_f32", exp_f32, METH_VARARGS, exp_f32_doc},
+                                {"exp_f64", exp_f64, METH_VARARGS, exp_f64_doc},
+                                {"simd_path", simd_path, METH_NOARGS, simd_path_doc},
+                                {"simd_paths", simd_paths, METH_NOARGS, simd_paths_doc},
+                                {"set_simd_path", set_simd_path, METH_VARARGS, set_simd_path_doc},
+                                {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "kldiv._kernels",
                                     "Fused CPU kernels of kldiv's large-vocabulary losses.", -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernels(void) {
+#ifdef KLDIV_X86
+    __builtin_cpu_init();
+#endif
+    for (int k = 0; k < N_PATHS; ++k)
+        if (PATHS[k].supported()) {
+            path = &PATHS[k];
+            break;
+        }
+    return PyModule_Create(&module);
+}

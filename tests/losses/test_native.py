@@ -4,20 +4,57 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kldiv.losses import chunked, distillation_loss, forward_kl, reverse_kl, symmetric_kl
 
 from .backends import backend
 from .cases import FAST_LOSSES as LOSSES
+
+_kernels: ModuleType | None
+try:
+    from kldiv import _kernels
+except ImportError:
+    _kernels = None
+
+SIMD_PATHS = _kernels.simd_paths() if _kernels is not None else ("not built",)
+"""The SIMD paths of the C kernel this CPU can run, best (the one chosen at import) first."""
+
+
+def _kernel_module() -> ModuleType:
+    """``kldiv._kernels``; skips when it is not built, unless ``KLDIV_REQUIRE_NATIVE=1`` (then fails)."""
+    if _kernels is None:
+        if os.environ.get("KLDIV_REQUIRE_NATIVE") == "1":
+            pytest.fail("KLDIV_REQUIRE_NATIVE=1 but the C kernel kldiv._kernels is not built")
+        pytest.skip("the C kernel kldiv._kernels is not built (no C compiler at install time)")
+    return _kernels
+
+
+@pytest.fixture(params=SIMD_PATHS)
+def simd_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on each SIMD path of the C kernel this CPU supports (the chosen one restored after)."""
+    module = _kernel_module()
+    chosen = module.simd_path()
+    module.set_simd_path(request.param)
+    try:
+        yield request.param
+    finally:
+        module.set_simd_path(chosen)
+
+
+ONCE_PER_TEST = [HealthCheck.function_scoped_fixture]
+"""For Hypothesis tests that take ``simd_path``: the path is set once for all of a test's examples, as meant."""
 
 
 def _value_and_grad(loss: Callable[..., Any], s: torch.Tensor, t: torch.Tensor, **kw: Any) -> tuple[Any, Any]:
@@ -45,7 +82,7 @@ def _check_against_float64(loss: Callable[..., Any], s: torch.Tensor, t: torch.T
     torch.testing.assert_close(g1.double(), g0, rtol=1e-5, atol=1e-5 * scale)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=ONCE_PER_TEST)
 @given(
     n=st.integers(1, 12),
     v=st.sampled_from([1, 2, 15, 16, 17, 511, 512, 513, 1537]),
@@ -54,14 +91,16 @@ def _check_against_float64(loss: Callable[..., Any], s: torch.Tensor, t: torch.T
     offset=st.sampled_from([0.0, 30.0]),
     seed=st.integers(0, 2**16),
 )
-def test_native_equals_naive(n: int, v: int, name: str, temperature: float, offset: float, seed: int) -> None:
+def test_native_equals_naive(
+    simd_path: str, n: int, v: int, name: str, temperature: float, offset: float, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     s = 4 * torch.randn(n, v, generator=g) + offset
     t = 4 * torch.randn(n, v, generator=g) - offset
     _check_against_float64(LOSSES[name], s, t, temperature=temperature, chunk_size=5)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, suppress_health_check=ONCE_PER_TEST)
 @given(
     n=st.integers(1, 12),
     v=st.sampled_from([1, 3, 17, 600]),
@@ -71,7 +110,7 @@ def test_native_equals_naive(n: int, v: int, name: str, temperature: float, offs
     seed=st.integers(0, 2**16),
 )
 def test_native_distillation_equals_naive(
-    n: int, v: int, alpha: float, temperature: float, reduction: str, seed: int
+    simd_path: str, n: int, v: int, alpha: float, temperature: float, reduction: str, seed: int
 ) -> None:
     g = torch.Generator().manual_seed(seed)
     s, t = 3 * torch.randn(n, v, generator=g), 3 * torch.randn(n, v, generator=g)
@@ -145,7 +184,7 @@ def test_result_does_not_depend_on_the_thread_count() -> None:
         assert torch.equal(grad, results[0][1])
 
 
-def test_underflowing_probabilities() -> None:
+def test_underflowing_probabilities(simd_path: str) -> None:
     # logits spread over 300 nats: exp underflows (flushed to 0 below 2^-126) on most entries. The log-ratios
     # reach 300, so float32 rounding of them alone costs ~1e-5 of the reverse-KL gradient (the naive float32 path
     # too): the kernel must be as accurate as the naive float32 path, within a factor 2.
@@ -210,7 +249,7 @@ def test_works_in_a_forked_child_after_use_in_the_parent() -> None:
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("temperature", [1.0, 1.3])
 def test_small_values_are_exact_to_float64_rounding(
-    name: str, temperature: float, monkeypatch: pytest.MonkeyPatch
+    simd_path: str, name: str, temperature: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # student ~ teacher (RLHF against a reference policy): per-token KL from 1e-14 to 1; below 0.1 the kernel
     # computes it in float64 without cancellation (<p, d> - c in float32 would lose everything below ~1e-6)
@@ -255,3 +294,91 @@ def test_small_values_at_a_temperature_keep_float32_accuracy() -> None:
     v0 = forward_kl(s.double(), t.double(), temperature=0.7, reduction="none", implementation="naive")
     assert bool((v0 > 0).all())
     torch.testing.assert_close(v1.double(), v0, rtol=1.2e-7, atol=0)
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), None elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def test_the_best_simd_path_the_cpu_supports_is_chosen() -> None:
+    # a build or a dispatch that loses the AVX2 path runs scalar-speed code without any other test noticing
+    module = _kernel_module()
+    paths = module.simd_paths()
+    assert module.simd_path() == paths[0]
+    assert paths[-1] == "baseline"
+    assert set(paths) <= {"avx512f", "avx2", "baseline"}
+    flags = _cpu_flags()
+    if flags is not None and platform.machine() == "x86_64":
+        assert ("avx2" in paths) == ({"avx2", "fma"} <= flags), (paths, flags & {"avx2", "fma"})
+        assert ("avx512f" in paths) == ({"avx512f", "fma"} <= flags), (paths, flags & {"avx512f", "fma"})
+
+
+def test_set_simd_path_rejects_unknown_and_unsupported_paths() -> None:
+    module = _kernel_module()
+    chosen = module.simd_path()
+    with pytest.raises(ValueError, match="unknown SIMD path 'sse9'"):
+        module.set_simd_path("sse9")
+    for name in sorted({"avx512f", "avx2"} - set(module.simd_paths())):
+        with pytest.raises(ValueError, match=f"cannot run the SIMD path '{name}'"):
+            module.set_simd_path(name)
+    assert module.simd_path() == chosen
+
+
+def _kernel_exp(x: torch.Tensor) -> torch.Tensor:
+    """The kernel's exponential (float32 or float64 by the dtype of ``x``, contiguous) on the current path."""
+    module = _kernel_module()
+    out = torch.empty_like(x)
+    (module.exp_f32 if x.dtype == torch.float32 else module.exp_f64)(x.data_ptr(), out.data_ptr(), x.numel())
+    return out
+
+
+def test_float32_exponential_on_every_float(simd_path: str) -> None:
+    # every float32 x in [log 2^-126, 0] (about 1.1e9 values): relative error below 1e-7 of the float64
+    # exponential of the same x; below, down to -inf: within 2^-126 of it (subnormal or 0), never negative
+    smallest_normal_log = torch.tensor(math.log(2.0**-126), dtype=torch.float32)
+    if math.exp(float(smallest_normal_log)) < 2.0**-126:  # the first float32 whose exponential is normal
+        smallest_normal_log = torch.nextafter(smallest_normal_log, torch.tensor(0.0))
+    last = int(smallest_normal_log.neg().view(torch.int32))
+    worst, step = 0.0, 1 << 18  # chunks that stay in cache: 5 s in all, against 30 s for chunks of 2^24
+    for start in range(0, last + 1, step):  # the magnitudes' bit patterns, in order
+        x = torch.arange(start, min(start + step, last + 1), dtype=torch.int32).view(torch.float32).neg()
+        worst = max(worst, float(_kernel_exp(x).double().div_(x.double().exp_()).sub_(1.0).abs_().max()))
+    assert worst < 1e-7, worst
+    below = torch.arange(last + 1, int(torch.tensor(104.0).view(torch.int32)), dtype=torch.int32)
+    x = torch.cat([below.view(torch.float32), torch.logspace(2, 38, 1000), torch.tensor([3.4e38, math.inf])]).neg()
+    y = _kernel_exp(x).double()
+    assert bool((y >= 0).all())
+    assert float((y - x.double().exp()).abs().max()) <= 2.0**-126
+
+
+def test_float64_exponential_against_mpmath(simd_path: str) -> None:
+    # the float64 exponential of the small-value refinement: within 3 units in the last place (measured at most
+    # 2.5) on [-708, 0], and within 2^-1022 of exp(x) below (subnormal or 0)
+    mpmath = pytest.importorskip("mpmath")
+    g = torch.Generator().manual_seed(8)
+    x = torch.cat(
+        [
+            -708.0 * torch.rand(3000, generator=g, dtype=torch.float64),
+            -torch.logspace(-20, math.log10(708.0), 1000, dtype=torch.float64),
+            torch.tensor([0.0, -0.5 * math.log(2.0), -math.log(2.0), -1.5 * math.log(2.0)], dtype=torch.float64),
+        ]
+    )
+    y = _kernel_exp(x)
+    with mpmath.workdps(40):
+        exact = [mpmath.exp(mpmath.mpf(float(v))) for v in x]
+    ulps = [abs(mpmath.mpf(float(yi)) - e) / math.ulp(float(e)) for yi, e in zip(y, exact, strict=True)]
+    assert max(ulps) <= 3, float(max(ulps))
+    tail = -708.5 - 40.0 * torch.rand(500, generator=g, dtype=torch.float64)
+    tail = torch.cat([tail, torch.tensor([-1e300, -math.inf], dtype=torch.float64)])
+    y_tail = _kernel_exp(tail)
+    assert bool((y_tail >= 0).all())
+    assert float((y_tail - tail.exp()).abs().max()) <= 2.0**-1022
