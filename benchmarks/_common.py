@@ -17,12 +17,54 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+SIMD_FEATURES = ("avx512f", "avx2", "fma")
+"""The CPU features that decide which code the kernels run (kldiv's C kernel, torch's own)."""
+
+
+def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's model name and whether it has each of :data:`SIMD_FEATURES`, from ``cpuinfo`` (Linux).
+
+    Elsewhere, or where the file lacks a field, the model falls back to :func:`platform.processor` (then the
+    architecture) and each feature is None (unknown), so results from different machines can still be told apart
+    as far as the platform allows.
+    """
+    model: str | None = None
+    flags: set[str] | None = None
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:  # x86 and ARM spell it differently
+            flags = set(value.split())
+    return {
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "simd": {name: None if flags is None else name in flags for name in SIMD_FEATURES},
+    }
+
+
+def kernel_simd_path() -> str | None:
+    """The SIMD path kldiv's C kernel runs (``"avx512f"``, ``"avx2"``, ``"baseline"``), None if it is not built."""
+    try:
+        from kldiv._kernels import simd_path
+    except ImportError:
+        return None
+    return simd_path()
+
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: platform, CPU model and SIMD features, which code the kernels run
+    (torch's CPU capability, kldiv's C kernel path), versions and date."""
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        **cpu(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_simd_path": kernel_simd_path(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
