@@ -22,28 +22,35 @@ SIMD_FEATURES = ("avx512f", "avx2", "fma")
 
 
 def cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """The CPU's model name and whether it has each of :data:`SIMD_FEATURES`, from ``cpuinfo`` (Linux).
+    """The CPU's model name (with vendor, family and model number: a virtual machine may name only "AMD EPYC")
+    and whether it has each of :data:`SIMD_FEATURES`, from ``cpuinfo`` (Linux).
 
     Elsewhere, or where the file lacks a field, the model falls back to :func:`platform.processor` (then the
-    architecture) and each feature is None (unknown), so results from different machines can still be told apart
-    as far as the platform allows.
+    architecture) and the other fields are None (unknown), so results from different machines can still be told
+    apart as far as the platform allows.
     """
-    model: str | None = None
-    flags: set[str] | None = None
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
         text = ""
-    for line in text.splitlines():
+    fields: dict[str, str] = {}
+    for line in text.splitlines():  # the first processor's fields (a blank line ends its block)
+        if not line.strip() and fields:
+            break
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key in ("flags", "Features") and flags is None:  # x86 and ARM spell it differently
-            flags = set(value.split())
+        fields.setdefault(key.strip(), value.strip())
+    flags = fields.get("flags", fields.get("Features"))  # x86 and ARM spell it differently
+
+    def number(key: str) -> int | None:
+        value = fields.get(key, "")
+        return int(value) if value.isdigit() else None
+
     return {
-        "cpu_model": model or platform.processor() or platform.machine(),
-        "simd": {name: None if flags is None else name in flags for name in SIMD_FEATURES},
+        "cpu_model": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_vendor": fields.get("vendor_id"),
+        "cpu_family": number("cpu family"),
+        "cpu_model_number": number("model"),
+        "simd": {name: None if flags is None else name in flags.split() for name in SIMD_FEATURES},
     }
 
 
