@@ -66,20 +66,26 @@ KLDIV_INLINE double mul_add_d(double a, double b, double c, int fused) { return 
  * shifter and every select on integers or by max keep the loop branch-free and vectorizable. */
 KLDIV_INLINE float exp_nonpositive(float x, int fused) {
     const float shifter = 12582912.0f;
-    x = x < -103.0f ? -103.0f : x;
+    /* x = max(x, -103) by the bits: for x <= 0 (and -inf) a larger magnitude is a larger unsigned pattern, so
+     * one unsigned minimum (0xC2CE0000 is -103) clamps, where a float compare-and-blend takes two instructions */
+    uint32_t xb;
+    memcpy(&xb, &x, sizeof xb);
+    xb = xb < 0xC2CE0000u ? xb : 0xC2CE0000u;
+    memcpy(&x, &xb, sizeof x);
     float k = mul_add_f(x, 1.44269504088896341f, shifter, fused);
     float n = k - shifter;
     int32_t ki;
     memcpy(&ki, &k, sizeof ki);
     float r = mul_add_f(n, -0.693359375f, x, fused);
     r = mul_add_f(n, 2.12194440e-4f, r, fused);
-    float p = 1.9875691500e-4f;
-    p = mul_add_f(p, r, 1.3981999507e-3f, fused);
-    p = mul_add_f(p, r, 8.3334519073e-3f, fused);
-    p = mul_add_f(p, r, 4.1665795894e-2f, fused);
-    p = mul_add_f(p, r, 1.6666665459e-1f, fused);
-    p = mul_add_f(p, r, 5.0000001201e-1f, fused);
-    float y = mul_add_f(p * r, r, r, fused) + 1.0f;
+    /* the polynomial by Estrin's scheme, pairs of terms in parallel: a shorter dependency chain than Horner's
+     * rule (the exponentials' latency, not the number of operations, bounded the loop) */
+    const float r2 = r * r;
+    const float p01 = mul_add_f(1.6666665459e-1f, r, 5.0000001201e-1f, fused);
+    const float p23 = mul_add_f(8.3334519073e-3f, r, 4.1665795894e-2f, fused);
+    const float p45 = mul_add_f(1.9875691500e-4f, r, 1.3981999507e-3f, fused);
+    const float p = mul_add_f(mul_add_f(p45, r2, p23, fused), r2, p01, fused);
+    const float y = mul_add_f(p, r2, r, fused) + 1.0f;
     int32_t biased = ki - 0x4B400000 + 127; /* n + 127: 0 or below for n < -126 */
     biased = biased > 0 ? biased : 0;
     int32_t bits = biased * (1 << 23);
@@ -93,7 +99,7 @@ KLDIV_INLINE float exp_nonpositive(float x, int fused) {
  * exponent bits; branch-free, vectorizable. */
 KLDIV_INLINE double exp_double(double x, int fused) {
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
-    x = x < -745.0 ? -745.0 : x;
+    x = x > -745.0 ? x : -745.0;
     double k = mul_add_d(x, 1.4426950408889634, shifter, fused);
     double n = k - shifter;
     int64_t ki;
@@ -121,30 +127,67 @@ KLDIV_INLINE double exp_double(double x, int fused) {
     return p * scale;
 }
 
-/* e^x - 1 - x for |x| < 1/2, without cancellation: its Taylor series x^2/2! + ... + x^14/14! (the rest is
- * below 1e-17 relative), by Horner's rule. */
-KLDIV_INLINE double exp_m1_minus_x_small(double x, int fused) {
-    double p = 1.0 / 87178291200.0;
-    p = mul_add_d(p, x, 1.0 / 6227020800.0, fused);
-    p = mul_add_d(p, x, 1.0 / 479001600.0, fused);
-    p = mul_add_d(p, x, 1.0 / 39916800.0, fused);
-    p = mul_add_d(p, x, 1.0 / 3628800.0, fused);
-    p = mul_add_d(p, x, 1.0 / 362880.0, fused);
-    p = mul_add_d(p, x, 1.0 / 40320.0, fused);
-    p = mul_add_d(p, x, 1.0 / 5040.0, fused);
-    p = mul_add_d(p, x, 1.0 / 720.0, fused);
-    p = mul_add_d(p, x, 1.0 / 120.0, fused);
-    p = mul_add_d(p, x, 1.0 / 24.0, fused);
-    p = mul_add_d(p, x, 1.0 / 6.0, fused);
-    p = mul_add_d(p, x, 0.5, fused);
-    return p * x * x;
+/* e^x - 1 - x and e^-x - 1 + x for |x| < 1/2, without cancellation: with E and O the even and odd parts of
+ * the series x^2/2! + ... + x^14/14! (the rest is below 1e-17 relative), by Horner's rule in x^2, they are
+ * E + O and E - O (|O| <= |x| E / 3, so neither cancels). */
+typedef struct {
+    double plus, minus;
+} SeriesPair;
+
+KLDIV_INLINE SeriesPair exp_m1_minus_x_small(double x, int fused) {
+    const double u = x * x;
+    double e = 1.0 / 87178291200.0;
+    e = mul_add_d(e, u, 1.0 / 479001600.0, fused);
+    e = mul_add_d(e, u, 1.0 / 3628800.0, fused);
+    e = mul_add_d(e, u, 1.0 / 40320.0, fused);
+    e = mul_add_d(e, u, 1.0 / 720.0, fused);
+    e = mul_add_d(e, u, 1.0 / 24.0, fused);
+    e = mul_add_d(e, u, 0.5, fused);
+    double o = 1.0 / 6227020800.0;
+    o = mul_add_d(o, u, 1.0 / 39916800.0, fused);
+    o = mul_add_d(o, u, 1.0 / 362880.0, fused);
+    o = mul_add_d(o, u, 1.0 / 5040.0, fused);
+    o = mul_add_d(o, u, 1.0 / 120.0, fused);
+    o = mul_add_d(o, u, 1.0 / 6.0, fused);
+    e *= u;
+    o *= u * x;
+    return (SeriesPair){e + o, e - o};
 }
 
 /* KL of one row in float64, cancellation-free (for values below REFINE_BELOW, where <p, d> - c loses digits):
  * with p = e^b / Z_b, q = e^a / Z_a and r = log p - log q = b - a - log(Z_b / Z_a),
  *   KL(P||Q) = sum p (e^-r - 1 + r),  KL(Q||P) = sum q (e^r - 1 - r),
  * every term >= 0 (the identities hold as sum p = sum q = 1); for |r| >= 1/2 the terms are q - p + p r and
- * p - q - q r, which do not cancel. The discrete core's kl_terms_from_log_ratio, in C. */
+ * p - q - q r, which do not cancel. The discrete core's kl_terms_from_log_ratio, in C. r is formed from the exact
+ * float64 differences of the logits, t - s and max t - max s, each scaled once. Only the directions with a
+ * nonzero weight are summed. */
+typedef struct {
+    double forward, reverse;
+} KLPair;
+
+/* sum p (e^-r - 1 + r) (with `forward`) and sum q (e^r - 1 - r) (with `reverse`), r = (t - s) / T - offset */
+KLDIV_INLINE KLPair small_kl_sums(const float *s, const float *t, Py_ssize_t V, double inv_t, double offset,
+                                  const double *ea, const double *eb, double inv_za, double inv_zb, int forward,
+                                  int reverse, int fused) {
+    double kl_f = 0.0, kl_r = 0.0;
+#pragma omp simd reduction(+ : kl_f, kl_r)
+    for (Py_ssize_t v = 0; v < V; ++v) {
+        const double r = mul_add_d((double)t[v] - s[v], inv_t, -offset, fused);
+        const double q = ea[v] * inv_za, p = eb[v] * inv_zb;
+        const int small = fabs(r) < 0.5;
+        const SeriesPair series = exp_m1_minus_x_small(r, fused);
+        if (forward) {
+            const double direct = q - p + p * r;
+            kl_f += small ? p * series.minus : direct;
+        }
+        if (reverse) {
+            const double direct = p - q - q * r;
+            kl_r += small ? q * series.plus : direct;
+        }
+    }
+    return (KLPair){kl_f, kl_r};
+}
+
 KLDIV_INLINE double small_kl(const float *s, const float *t, Py_ssize_t V, float ms, float mt, double inv_t,
                              double w_f, double *ea, double *eb, int fused) {
     double za = 0.0, zb = 0.0;
@@ -155,20 +198,12 @@ KLDIV_INLINE double small_kl(const float *s, const float *t, Py_ssize_t V, float
         za += ea[v];
         zb += eb[v];
     }
-    const double c = log(zb / za);
-    double kl_f = 0.0, kl_r = 0.0;
-#pragma omp simd reduction(+ : kl_f, kl_r)
-    for (Py_ssize_t v = 0; v < V; ++v) {
-        /* the difference of the exact float64 t - max t and s - max s, scaled once: no rounding of a and b apart */
-        const double r = (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t - c;
-        const double q = ea[v] / za, p = eb[v] / zb;
-        const int small = fabs(r) < 0.5;
-        const double f_series = p * exp_m1_minus_x_small(-r, fused), f_direct = q - p + p * r;
-        const double r_series = q * exp_m1_minus_x_small(r, fused), r_direct = p - q - q * r;
-        kl_f += small ? f_series : f_direct;
-        kl_r += small ? r_series : r_direct;
-    }
-    return w_f * kl_f + (1.0 - w_f) * kl_r;
+    const double offset = ((double)mt - ms) * inv_t + log(zb / za); /* r = (t - s) / T - offset */
+    const double inv_za = 1.0 / za, inv_zb = 1.0 / zb;
+    const KLPair kl = w_f == 1.0   ? small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 1, 0, fused)
+                      : w_f == 0.0 ? small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 0, 1, fused)
+                                   : small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 1, 1, fused);
+    return w_f * kl.forward + (1.0 - w_f) * kl.reverse;
 }
 
 typedef struct {
@@ -186,11 +221,12 @@ typedef struct {
 } RowSums;
 
 /* The exponentials of one row and their sums (the row's second pass): e_a into g, e_b into eb, Z_a, Z_b and
- * <e_b, d>; with `centre`, <e_a, d - d_r> in float64 (d from the exact differences of the logits); with `hard`,
+ * <e_b, d>; with `centre`, <e_a, d - d_r> in float64, d - d_r = (t - s) / T - offset (from the exact
+ * differences of the logits, offset = (max t - max s) / T + d_r); with `hard`,
  * exp(s - max s) into e1 and its sum. The flags are constants of each call site, so each combination compiles
  * to a loop of its own without the others' work. */
 KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *eb, float *e1, Py_ssize_t V, float ms,
-                              float mt, float inv_t, double inv_t_d, double d_r, int centre, int hard, int fused) {
+                              float mt, float inv_t, double inv_t_d, double offset, int centre, int hard, int fused) {
     RowSums sums = {0.0, 0.0, 0.0, 0.0, 0.0};
     for (Py_ssize_t v0 = 0; v0 < V; v0 += BLOCK) {
         const Py_ssize_t v1 = v0 + BLOCK < V ? v0 + BLOCK : V;
@@ -204,8 +240,8 @@ KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *e
             eb[v] = e_b;
             za += e_a;
             zb += e_b;
-            pd += e_b * d;
-            if (centre) rest += (double)e_a * ((((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d - d_r);
+            pd = mul_add_f(e_b, d, pd, fused);
+            if (centre) rest += (double)e_a * mul_add_d((double)t[v] - s[v], inv_t_d, -offset, fused);
             if (hard) {
                 const float e = exp_nonpositive(s[v] - ms, fused);
                 e1[v] = e;
@@ -222,15 +258,16 @@ KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *e
 }
 
 /* The gradient pass: g = (ca e_a + cb e_b) + cr e_a (k0 - d) + (c1 e1 with `hard`, else cq e_a), the centred
- * k0 - d = c - d - KL(Q||P) formed in float64 (with `centre`; without it cr is 0 and the term is left out). */
+ * k0 - d = c - d - KL(Q||P) formed in float64 as k1 - (t - s) / T, k1 = k0 + (max t - max s) / T (with `centre`;
+ * without it cr is 0 and the term is left out). */
 KLDIV_INLINE void gradient(const float *s, const float *t, float *g, const float *eb, const float *e1, Py_ssize_t V,
-                           float ms, float mt, double inv_t_d, float ca, float cb, float cr, double k0, float cq,
-                           float c1, int centre, int hard) {
+                           double inv_t_d, float ca, float cb, float cr, double k1, float cq, float c1, int centre,
+                           int hard, int fused) {
 #pragma omp simd
     for (Py_ssize_t v = 0; v < V; ++v) {
         float value = g[v] * ca + eb[v] * cb;
         if (centre) {
-            const float centred = (float)(k0 - (((double)t[v] - mt) - ((double)s[v] - ms)) * inv_t_d);
+            const float centred = (float)mul_add_d(-((double)t[v] - s[v]), inv_t_d, k1, fused);
             value += cr * g[v] * centred;
         }
         g[v] = value + (hard ? c1 * e1[v] : cq * g[v]);
@@ -285,13 +322,14 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
          * s - max s are exact): the largest term drops out, so the rounding of Z_a cannot swamp the centred
          * gradient q (<q, d> - d), which can be far smaller than |d| */
         const double d_r = centre ? ((double)t[first_equal(s, V, ms)] - mt) * inv_t_d : 0.0;
+        const double max_gap = ((double)mt - ms) * inv_t_d; /* d = (t - s) / T - max_gap */
         RowSums sums;
         if (centre)
-            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 1, 1, fused)
-                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 1, 0, fused);
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 1, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 1, 0, fused);
         else
-            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 0, 1, fused)
-                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, d_r, 0, 0, fused);
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 0, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 0, 0, fused);
         const double za = sums.za, zb = sums.zb;
         const double qd_centre = centre ? d_r + sums.rest / za : 0.0;
         const double c = log(zb / za), kl_f = sums.pd / zb - c, kl_r = c - qd_centre;
@@ -302,7 +340,7 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
          * each term with its own coefficient, so that equal terms cancel exactly (e.g. a one-entry vocabulary) */
         const float ca = (float)(job->w_f * job->weight / za), cb = (float)(-job->w_f * job->weight / zb);
         const float cr = (float)((1.0 - job->w_f) * job->weight / za);
-        const double k0 = qd_centre; /* c - KL(Q||P); the centred c - d - KL(Q||P) is formed in float64 */
+        const double k1 = qd_centre + max_gap; /* c - KL(Q||P) + max_gap: c - d - KL(Q||P) = k1 - (t - s) / T */
         float cq = 0.0f, c1 = 0.0f;
         if (job->labels) {
             const int64_t y = job->labels[i];
@@ -315,14 +353,14 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
         }
         if (centre) {
             if (hard)
-                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 1, 1);
+                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 1, 1, fused);
             else
-                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 1, 0);
+                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 1, 0, fused);
         } else {
             if (hard)
-                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 0, 1);
+                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 0, 1, fused);
             else
-                gradient(s, t, g, eb, e1, V, ms, mt, inv_t_d, ca, cb, cr, k0, cq, c1, 0, 0);
+                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 0, 0, fused);
         }
         if (job->labels) g[job->labels[i]] -= (float)job->ce_coef;
     }
