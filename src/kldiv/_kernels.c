@@ -159,20 +159,19 @@ KLDIV_INLINE SeriesPair exp_m1_minus_x_small(double x, int fused) {
  *   KL(P||Q) = sum p (e^-r - 1 + r),  KL(Q||P) = sum q (e^r - 1 - r),
  * every term >= 0 (the identities hold as sum p = sum q = 1); for |r| >= 1/2 the terms are q - p + p r and
  * p - q - q r, which do not cancel. The discrete core's kl_terms_from_log_ratio, in C. r is formed from the exact
- * float64 differences of the logits, t - s and max t - max s, each scaled once. Only the directions with a
- * nonzero weight are summed. */
+ * float64 differences of the logits, scaled once. Only the directions with a nonzero weight are summed. */
 typedef struct {
     double forward, reverse;
 } KLPair;
 
-/* sum p (e^-r - 1 + r) (with `forward`) and sum q (e^r - 1 - r) (with `reverse`), r = (t - s) / T - offset */
-KLDIV_INLINE KLPair small_kl_sums(const float *s, const float *t, Py_ssize_t V, double inv_t, double offset,
+/* sum p (e^-r - 1 + r) (with `forward`) and sum q (e^r - 1 - r) (with `reverse`), r = ((t - s) - gap) / T - c */
+KLDIV_INLINE KLPair small_kl_sums(const float *s, const float *t, Py_ssize_t V, double inv_t, double gap, double c,
                                   const double *ea, const double *eb, double inv_za, double inv_zb, int forward,
                                   int reverse, int fused) {
     double kl_f = 0.0, kl_r = 0.0;
 #pragma omp simd reduction(+ : kl_f, kl_r)
     for (Py_ssize_t v = 0; v < V; ++v) {
-        const double r = mul_add_d((double)t[v] - s[v], inv_t, -offset, fused);
+        const double r = (((double)t[v] - s[v]) - gap) * inv_t - c;
         const double q = ea[v] * inv_za, p = eb[v] * inv_zb;
         const int small = fabs(r) < 0.5;
         const SeriesPair series = exp_m1_minus_x_small(r, fused);
@@ -198,11 +197,11 @@ KLDIV_INLINE double small_kl(const float *s, const float *t, Py_ssize_t V, float
         za += ea[v];
         zb += eb[v];
     }
-    const double offset = ((double)mt - ms) * inv_t + log(zb / za); /* r = (t - s) / T - offset */
+    const double gap = (double)mt - ms, c = log(zb / za);
     const double inv_za = 1.0 / za, inv_zb = 1.0 / zb;
-    const KLPair kl = w_f == 1.0   ? small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 1, 0, fused)
-                      : w_f == 0.0 ? small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 0, 1, fused)
-                                   : small_kl_sums(s, t, V, inv_t, offset, ea, eb, inv_za, inv_zb, 1, 1, fused);
+    const KLPair kl = w_f == 1.0   ? small_kl_sums(s, t, V, inv_t, gap, c, ea, eb, inv_za, inv_zb, 1, 0, fused)
+                      : w_f == 0.0 ? small_kl_sums(s, t, V, inv_t, gap, c, ea, eb, inv_za, inv_zb, 0, 1, fused)
+                                   : small_kl_sums(s, t, V, inv_t, gap, c, ea, eb, inv_za, inv_zb, 1, 1, fused);
     return w_f * kl.forward + (1.0 - w_f) * kl.reverse;
 }
 
@@ -217,23 +216,45 @@ typedef struct {
 } Job;
 
 typedef struct {
+    float ms, mt, nonfinite; /* the maxima of s and t; NaN (or inf) iff an entry is NaN or infinite */
+} RowMax;
+
+/* The maxima of one row (its first pass, which reads it from memory) */
+KLDIV_INLINE RowMax row_max(const float *s, const float *t, Py_ssize_t V) {
+    float ms = -INFINITY, mt = -INFINITY, nonfinite = 0.0f;
+#pragma omp simd reduction(max : ms, mt) reduction(+ : nonfinite)
+    for (Py_ssize_t v = 0; v < V; ++v) {
+        ms = ms > s[v] ? ms : s[v];
+        mt = mt > t[v] ? mt : t[v];
+        nonfinite += (s[v] - s[v]) + (t[v] - t[v]);
+    }
+    return (RowMax){ms, mt, nonfinite};
+}
+
+typedef struct {
     double za, zb, pd, rest, z1;
+    RowMax next;
 } RowSums;
 
 /* The exponentials of one row and their sums (the row's second pass): e_a into g, e_b into eb, Z_a, Z_b and
- * <e_b, d>; with `centre`, <e_a, d - d_r> in float64, d - d_r = (t - s) / T - offset (from the exact
- * differences of the logits, offset = (max t - max s) / T + d_r); with `hard`,
+ * <e_b, d>; with `centre`, <e_a, d - d_r> in float64, d = ((t - s) - gap) / T with gap = max t - max s (the
+ * exact differences of the logits, scaled once, so that d - d_r is exactly 0 at the entry r); with `hard`,
  * exp(s - max s) into e1 and its sum. The flags are constants of each call site, so each combination compiles
  * to a loop of its own without the others' work. */
 KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *eb, float *e1, Py_ssize_t V, float ms,
-                              float mt, float inv_t, double inv_t_d, double offset, int centre, int hard, int fused) {
-    RowSums sums = {0.0, 0.0, 0.0, 0.0, 0.0};
+                              float mt, float inv_t, double inv_t_d, double gap, double d_r, const float *ns, const float *nt,
+                              int centre, int hard, int fused) {
+    RowSums sums = {0.0, 0.0, 0.0, 0.0, 0.0, {-INFINITY, -INFINITY, 0.0f}};
+    float nms = -INFINITY, nmt = -INFINITY, nonfinite = 0.0f;
     for (Py_ssize_t v0 = 0; v0 < V; v0 += BLOCK) {
         const Py_ssize_t v1 = v0 + BLOCK < V ? v0 + BLOCK : V;
         float za = 0.0f, zb = 0.0f, pd = 0.0f, z1 = 0.0f;
         double rest = 0.0;
-#pragma omp simd reduction(+ : za, zb, pd, z1, rest)
+#pragma omp simd reduction(+ : za, zb, pd, z1, rest, nonfinite) reduction(max : nms, nmt)
         for (Py_ssize_t v = v0; v < v1; ++v) {
+            nms = nms > ns[v] ? nms : ns[v];
+            nmt = nmt > nt[v] ? nmt : nt[v];
+            nonfinite += (ns[v] - ns[v]) + (nt[v] - nt[v]);
             const float a = (s[v] - ms) * inv_t, b = (t[v] - mt) * inv_t, d = b - a;
             const float e_a = exp_nonpositive(a, fused), e_b = exp_nonpositive(b, fused);
             g[v] = e_a;
@@ -241,7 +262,7 @@ KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *e
             za += e_a;
             zb += e_b;
             pd = mul_add_f(e_b, d, pd, fused);
-            if (centre) rest += (double)e_a * mul_add_d((double)t[v] - s[v], inv_t_d, -offset, fused);
+            if (centre) rest += (double)e_a * ((((double)t[v] - s[v]) - gap) * inv_t_d - d_r);
             if (hard) {
                 const float e = exp_nonpositive(s[v] - ms, fused);
                 e1[v] = e;
@@ -254,20 +275,21 @@ KLDIV_INLINE RowSums row_sums(const float *s, const float *t, float *g, float *e
         sums.rest += rest;
         sums.z1 += z1;
     }
+    sums.next = (RowMax){nms, nmt, nonfinite};
     return sums;
 }
 
 /* The gradient pass: g = (ca e_a + cb e_b) + cr e_a (k0 - d) + (c1 e1 with `hard`, else cq e_a), the centred
- * k0 - d = c - d - KL(Q||P) formed in float64 as k1 - (t - s) / T, k1 = k0 + (max t - max s) / T (with `centre`;
- * without it cr is 0 and the term is left out). */
+ * k0 - d = c - d - KL(Q||P) formed in float64 with d as in row_sums (with `centre`; without it cr is 0 and the
+ * term is left out). */
 KLDIV_INLINE void gradient(const float *s, const float *t, float *g, const float *eb, const float *e1, Py_ssize_t V,
-                           double inv_t_d, float ca, float cb, float cr, double k1, float cq, float c1, int centre,
-                           int hard, int fused) {
+                           double inv_t_d, double gap, float ca, float cb, float cr, double k0, float cq, float c1,
+                           int centre, int hard) {
 #pragma omp simd
     for (Py_ssize_t v = 0; v < V; ++v) {
         float value = g[v] * ca + eb[v] * cb;
         if (centre) {
-            const float centred = (float)mul_add_d(-((double)t[v] - s[v]), inv_t_d, k1, fused);
+            const float centred = (float)(k0 - (((double)t[v] - s[v]) - gap) * inv_t_d);
             value += cr * g[v] * centred;
         }
         g[v] = value + (hard ? c1 * e1[v] : cq * g[v]);
@@ -296,40 +318,45 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
     const double inv_t_d = job->inv_t;
     const int centre = job->w_f != 1.0, hard = job->labels != NULL && inv_t != 1.0f;
     float *eb = work, *e1 = work + V;
+    RowMax next = {0.0f, 0.0f, 0.0f};
+    int have_next = 0; /* whether `next` holds the maxima of row i, found in row i - 1's second pass */
     for (Py_ssize_t i = 0; i < job->rows; ++i) {
         const float *s = job->s + i * job->s_stride, *t = job->t + i * job->t_stride;
         float *g = job->g + i * job->g_stride;
         if (job->valid && !job->valid[i]) {
+            have_next = 0;
             memset(g, 0, (size_t)V * sizeof *g);
             job->kl[i] = 0.0;
             if (job->ce) job->ce[i] = 0.0;
             continue;
         }
-        float ms = -INFINITY, mt = -INFINITY, nonfinite = 0.0f;
-#pragma omp simd reduction(max : ms, mt) reduction(+ : nonfinite)
-        for (Py_ssize_t v = 0; v < V; ++v) {
-            ms = ms > s[v] ? ms : s[v];
-            mt = mt > t[v] ? mt : t[v];
-            nonfinite += (s[v] - s[v]) + (t[v] - t[v]); /* NaN iff an entry is NaN or infinite */
-        }
-        if (nonfinite != 0.0f || fabs((double)ms * inv_t_d) > FLT_MAX || fabs((double)mt * inv_t_d) > FLT_MAX) {
+        const RowMax m = have_next ? next : row_max(s, t, V);
+        have_next = 0;
+        const float ms = m.ms, mt = m.mt;
+        if (m.nonfinite != 0.0f || fabs((double)ms * inv_t_d) > FLT_MAX || fabs((double)mt * inv_t_d) > FLT_MAX) {
             /* not finite, or s / T overflows: the caller's general path recomputes the row or names the problem */
             job->kl[i] = NAN;
             if (job->ce) job->ce[i] = NAN;
             continue;
         }
+        /* the next row's maxima in the same pass, so that reading it from memory overlaps these exponentials (the
+         * last row reads itself again, from the cache) */
+        const int more = i + 1 < job->rows;
+        const float *ns = more ? s + job->s_stride : s, *nt = more ? t + job->t_stride : t;
         /* <q, d> = d_r + <q, d - d_r>, r the student's most probable entry, in float64 (where t - max t and
          * s - max s are exact): the largest term drops out, so the rounding of Z_a cannot swamp the centred
          * gradient q (<q, d> - d), which can be far smaller than |d| */
         const double d_r = centre ? ((double)t[first_equal(s, V, ms)] - mt) * inv_t_d : 0.0;
-        const double max_gap = ((double)mt - ms) * inv_t_d; /* d = (t - s) / T - max_gap */
+        const double gap = (double)mt - ms; /* d = ((t - s) - gap) / T */
         RowSums sums;
         if (centre)
-            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 1, 1, fused)
-                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 1, 0, fused);
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, gap, d_r, ns, nt, 1, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, gap, d_r, ns, nt, 1, 0, fused);
         else
-            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 0, 1, fused)
-                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, max_gap + d_r, 0, 0, fused);
+            sums = hard ? row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, gap, d_r, ns, nt, 0, 1, fused)
+                        : row_sums(s, t, g, eb, e1, V, ms, mt, inv_t, inv_t_d, gap, d_r, ns, nt, 0, 0, fused);
+        next = sums.next;
+        have_next = more;
         const double za = sums.za, zb = sums.zb;
         const double qd_centre = centre ? d_r + sums.rest / za : 0.0;
         const double c = log(zb / za), kl_f = sums.pd / zb - c, kl_r = c - qd_centre;
@@ -340,7 +367,7 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
          * each term with its own coefficient, so that equal terms cancel exactly (e.g. a one-entry vocabulary) */
         const float ca = (float)(job->w_f * job->weight / za), cb = (float)(-job->w_f * job->weight / zb);
         const float cr = (float)((1.0 - job->w_f) * job->weight / za);
-        const double k1 = qd_centre + max_gap; /* c - KL(Q||P) + max_gap: c - d - KL(Q||P) = k1 - (t - s) / T */
+        const double k0 = qd_centre; /* c - KL(Q||P); the centred c - d - KL(Q||P) is formed in float64 */
         float cq = 0.0f, c1 = 0.0f;
         if (job->labels) {
             const int64_t y = job->labels[i];
@@ -353,14 +380,14 @@ KLDIV_INLINE void kl_row_range(const Job *job, float *work, double *exps, int fu
         }
         if (centre) {
             if (hard)
-                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 1, 1, fused);
+                gradient(s, t, g, eb, e1, V, inv_t_d, gap, ca, cb, cr, k0, cq, c1, 1, 1);
             else
-                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 1, 0, fused);
+                gradient(s, t, g, eb, e1, V, inv_t_d, gap, ca, cb, cr, k0, cq, c1, 1, 0);
         } else {
             if (hard)
-                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 0, 1, fused);
+                gradient(s, t, g, eb, e1, V, inv_t_d, gap, ca, cb, cr, k0, cq, c1, 0, 1);
             else
-                gradient(s, t, g, eb, e1, V, inv_t_d, ca, cb, cr, k1, cq, c1, 0, 0, fused);
+                gradient(s, t, g, eb, e1, V, inv_t_d, gap, ca, cb, cr, k0, cq, c1, 0, 0);
         }
         if (job->labels) g[job->labels[i]] -= (float)job->ce_coef;
     }

@@ -382,3 +382,17 @@ def test_float64_exponential_against_mpmath(simd_path: str) -> None:
     y_tail = _kernel_exp(tail)
     assert bool((y_tail >= 0).all())
     assert float((y_tail - tail.exp()).abs().max()) <= 2.0**-1022
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_equal_logits_and_one_entry_rows_give_exactly_zero(simd_path: str, name: str) -> None:
+    # q = p entry by entry: every term of the value and the gradient cancels exactly, on every path (a fused
+    # multiply-add in a log-ratio once left 2e-15 in a one-entry row's gradient)
+    g = torch.Generator().manual_seed(9)
+    s = 3 * torch.randn(4, 700, generator=g)
+    one_s, one_t = torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g)
+    for student, teacher in ((s, s.clone()), (one_s, one_t)):
+        with backend("native"):
+            value, grad = _value_and_grad(LOSSES[name], student, teacher, temperature=0.7, reduction="none")
+        assert bool((value == 0).all()), value
+        assert bool((grad == 0).all()), grad.abs().max()
