@@ -298,7 +298,7 @@ def test_free_bits_floors_each_dimensions_batch_mean_kl() -> None:
 
 
 def test_vae_loss_rejects_negative_weights() -> None:
-    with pytest.raises(ValueError, match=r"beta must be in \[0.0, inf\], got -1.0"):
+    with pytest.raises(ValueError, match=r"beta must be in \[0.0, inf\), got -1.0"):
         vae_loss(_terms(), beta=-1.0)
     with pytest.raises(ValueError, match="free_bits must be in"):
         vae_loss(_terms(), free_bits=-0.5)
