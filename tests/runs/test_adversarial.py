@@ -694,29 +694,46 @@ def test_defect_a_corrupt_state_pickle_with_matching_hashes_is_a_value_error_nam
 
 
 @pytest.mark.parametrize(
-    ("edit", "args"),
+    ("file", "edit", "args"),
     [
-        pytest.param(lambda info: info.update(history=["started"]), [], id="history-of-strings"),
-        pytest.param(
-            lambda info: info["config"].update(batch_size="64"), ["--resume"], id="config-batch-size-a-string"
+        pytest.param("run.json", lambda info: info.update(history=["started"]), [], id="history-of-strings"),
+        pytest.param(  # the options a resume starts from are the checkpoint's, recorded in its manifest
+            "last.json",
+            lambda info: info["meta"]["config"].update(batch_size="64"),
+            ["--resume"],
+            id="saved-batch-size-a-string",
         ),
     ],
 )
-def test_defect_a_hand_edited_run_json_is_one_error_line_naming_it(
-    tmp_path: Path, edit: Callable[[dict[str, object]], None], args: list[str]
+def test_defect_a_hand_edited_run_file_is_one_error_line_naming_it(
+    tmp_path: Path, file: str, edit: Callable[[dict[str, object]], None], args: list[str]
 ) -> None:
     """A history entry that is not a dict: AttributeError traceback when a new run is refused. A bad value in the
-    config: "--batch-size: must be an integer, got '64'", blaming an option the user did not type."""
+    saved options: "--batch-size: must be an integer, got '64'", blaming an option the user did not type."""
+    run = tmp_path / "run"
+    argv = ["vae", "train", "--epochs", "1", "--z-dim", "2", "--batch-size", "500", "--no-progress", "--out", str(run)]
+    assert runner.invoke(app, argv).exit_code == 0
+    info = json.loads((run / file).read_text())
+    edit(info)
+    (run / file).write_text(json.dumps(info))
+    result = runner.invoke(app, ["vae", "train", "--no-progress", "--out", str(run), *args])
+    line = _one_error_line(result.output)
+    assert result.exit_code == 2
+    assert file in line
+
+
+def test_a_hand_edited_config_in_run_json_changes_nothing(tmp_path: Path) -> None:
+    """run.json's config records the options; a resume starts from the checkpoint's own (so an edit there neither
+    changes the run nor blocks it)."""
     run = tmp_path / "run"
     argv = ["vae", "train", "--epochs", "1", "--z-dim", "2", "--batch-size", "500", "--no-progress", "--out", str(run)]
     assert runner.invoke(app, argv).exit_code == 0
     info = json.loads((run / "run.json").read_text())
-    edit(info)
+    info["config"].update(batch_size="64", z_dim=7)
     (run / "run.json").write_text(json.dumps(info))
-    result = runner.invoke(app, ["vae", "train", "--no-progress", "--out", str(run), *args])
-    line = _one_error_line(result.output)
-    assert result.exit_code == 2
-    assert "run.json" in line
+    result = runner.invoke(app, ["vae", "train", "--no-progress", "--epochs", "2", "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert read_run(run).config["batch_size"] == 500
 
 
 # ------------------------------------------------------------------------------------------ kills and full disks

@@ -306,11 +306,15 @@ def test_a_full_disk_gives_one_clear_error_keeps_the_previous_checkpoint_and_a_r
 def test_leftovers_of_interrupted_writes_are_cleaned_when_the_run_is_taken_up(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train_toy(Toy(epochs=1), _options(run))
-    leftovers = [".run.json.0123abcd.tmp", ".samples.png.9f9f.tmp", "last-9.safetensors", ".last.json.77.tmp"]
+    dead = 2**22 + 12345  # beyond Linux's default pid_max: no process has it
+    leftovers = [f".run.json.{dead}-0123ab.tmp", f".samples.png.{dead}-9f9f.tmp", "last-9.safetensors"]
+    live = run / f".eval.json.{os.getpid()}-77.tmp"  # a concurrent writer's file, left alone
+    live.write_bytes(b"being written")
     for name in leftovers:
         (run / name).write_bytes(b"partial")
     train_toy(Toy(epochs=2), _options(run, resume=True))
     assert not any((run / name).exists() for name in leftovers)
+    assert live.exists()
 
 
 # ------------------------------------------------------------------------------------- malformed checkpoints
@@ -356,7 +360,7 @@ def _loop(state: dict[str, object]) -> dict[str, object]:
         (lambda s: s.update(optimizers={"sgd": {"state": {}, "param_groups": []}}), "optimizer 'sgd' does not fit"),
         (lambda s: s.update(generators={"noise": torch.zeros(2)}), "generators['noise']"),
         (lambda s: s.update(rng=None), "'rng' is not a dict"),
-        (lambda s: s.update(rng={"python": 1}), "random generator's state"),
+        (lambda s: s.update(rng={"python": 1}), "rng_state()'s dict"),
         (lambda s: s.update(config=[1]), "its config is not a dict"),
     ],
 )

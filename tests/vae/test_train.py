@@ -322,11 +322,11 @@ def test_a_second_training_process_in_the_same_directory_is_refused_naming_the_f
     finally:
         first.kill()
         first.wait()
-    resumed = subprocess.run(  # the lock died with its holder
-        [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), "--resume", "--epochs", "1"],
+    replaced = subprocess.run(  # the lock died with its holder
+        [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), "--overwrite", "--epochs", "1"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert resumed.returncode == 0, resumed.stderr
+    assert replaced.returncode == 0, replaced.stderr

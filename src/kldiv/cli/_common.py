@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,8 +20,10 @@ from kldiv.runs import (
     TrainingFailedError,
     is_main_process,
     option_text,
-    read_run,
+    saved_config,
 )
+
+T = TypeVar("T")
 
 
 def one_line(text: str) -> str:
@@ -142,13 +144,25 @@ def explicit(ctx: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if ctx.get_parameter_source(name) not in (None, default)}
 
 
-def config_values(ctx: typer.Context, values: Mapping[str, Any], options: RunOptions) -> dict[str, Any]:
-    """The configuration to train with: ``values`` as given; with ``--resume``, the run's own configuration with
-    only the options the user typed replaced (a resume need not repeat the options of the run)."""
-    if not options.resume:
-        return dict(values)
+def resolve_config(ctx: typer.Context, values: Mapping[str, Any], options: RunOptions, build: Callable[..., T]) -> T:
+    """The configuration to train with, built by ``build(**values)`` (checked: a bad value is one ``error:`` line
+    naming its option). With ``--resume`` the run's own configuration (the one its last checkpoint was trained
+    with) is the base and only the options the user typed replace it: a resume need not repeat the run's
+    options."""
+    saved = None
+    if options.resume:
+        try:
+            saved = saved_config(options.out)
+        except (OSError, ValueError) as e:
+            raise fail(str(e)) from None
+    if saved is None:
+        with user_errors():
+            return build(**values)
+    config, where = saved
+    base = {k: v for k, v in config.items() if k in values}
     try:
-        saved = read_run(options.out).config
-    except (FileNotFoundError, ValueError):
-        return dict(values)  # the run layer says what is wrong with the directory
-    return {**{k: v for k, v in saved.items() if k in values}, **explicit(ctx, values)}
+        build(**{**values, **base})
+    except (OptionError, TypeError) as e:
+        raise fail(f"{where}: the run's saved options are invalid ({e})") from None
+    with user_errors():
+        return build(**{**values, **base, **explicit(ctx, values)})

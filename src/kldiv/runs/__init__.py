@@ -17,27 +17,27 @@ from kldiv.runs.checkpoint import (
 )
 from kldiv.runs.distributed import is_main_process, world
 from kldiv.runs.errors import (
-    RunWriteError,
     OptionError,
     RunError,
     RunLockedError,
+    RunWriteError,
     TrainingDivergedError,
     TrainingFailedError,
 )
 from kldiv.runs.loop import METRICS_FILE, TrainingLoop, csv_bytes, flush_subnormal_state_
-from kldiv.runs.run import RUN_FILE, Run, RunInfo, RunOptions, option_text, read_run
+from kldiv.runs.run import RUN_FILE, Run, RunInfo, RunOptions, option_text, read_run, saved_config
 
 __all__ = [
     "METRICS_FILE",
     "RUN_FILE",
     "Checkpoint",
-    "RunWriteError",
     "OptionError",
     "Run",
     "RunError",
     "RunInfo",
     "RunLockedError",
     "RunOptions",
+    "RunWriteError",
     "TrainingDivergedError",
     "TrainingFailedError",
     "TrainingLoop",
@@ -51,6 +51,7 @@ __all__ = [
     "read_run",
     "rng_state",
     "save_checkpoint",
+    "saved_config",
     "set_rng_state",
     "world",
 ]

@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from kldiv.data import batches as batch_indices
 from kldiv.runs.checkpoint import rng_state, set_rng_state
-from kldiv.runs.errors import RunError, TrainingDivergedError
-from kldiv.runs.run import Run
+from kldiv.runs.errors import OptionError, RunError, TrainingDivergedError
+from kldiv.runs.run import Run, option_text
 
 METRICS_FILE = "metrics.csv"
 _FLUSH_EVERY = 16  # steps; a value decaying by 0.9 per step stays subnormal for about 150 steps
@@ -281,6 +281,7 @@ class TrainingLoop:
                 "epoch": self.epoch,
                 "batch": self.batch,
                 "step": self.step,
+                "steps_per_epoch": self.steps_per_epoch,
                 "order_generator": self._epoch_start_state.clone(),
                 "sums": {name: value.clone() for name, value in self._sums.items()},
                 "count": self._count,
@@ -298,91 +299,129 @@ class TrainingLoop:
         self.run.save(self.model, self._state(), (self.epoch, self.batch, self.step))
 
     def _restore(self) -> None:
+        """Load the checkpoint the run opened: every entry is checked before anything is applied, and nothing is
+        recorded in ``run.json`` until all of it is in place."""
         checkpoint = self.run.checkpoint
         assert checkpoint is not None
+        state = checkpoint.state
         path = checkpoint.state_path
 
         def bad(message: str) -> RunError:
             return RunError(f"{path}: malformed checkpoint: {message}")
 
-        state = checkpoint.state
         for key in ("loop", "metrics", "optimizers", "stateful", "generators", "rng"):
             if key not in state:
                 raise bad(f"it has no {key!r} entry")
         loop = state["loop"]
         if not isinstance(loop, dict):
             raise bad(f"'loop' is a {type(loop).__name__}, expected a dict")
-        epoch, batch, step = (_int_field(loop, key, bad) for key in ("epoch", "batch", "step"))
-        if batch >= self.steps_per_epoch:
-            raise bad(f"loop.batch is {batch}, but an epoch has {self.steps_per_epoch} steps")
-        if step != epoch * self.steps_per_epoch + batch:
+        epoch, batch, step, steps = (
+            _int_field(loop, key, bad) for key in ("epoch", "batch", "step", "steps_per_epoch")
+        )
+        if steps != self.steps_per_epoch:
+            raise RunError(
+                f"{path}: the run had {steps} steps per epoch, this one has {self.steps_per_epoch}: the training data "
+                f"or {option_text('batch_size', self.run.options.cli)} changed; resume with the run's own, or start "
+                "a new run"
+            )
+        if batch >= steps:
+            raise bad(f"loop.batch is {batch}, but an epoch has {steps} steps")
+        if step != epoch * steps + batch:
             raise bad(
-                f"loop.step is {step}, but epoch {epoch} and batch {batch} at {self.steps_per_epoch} steps per epoch "
-                f"make {epoch * self.steps_per_epoch + batch}"
+                f"loop.step is {step}, but epoch {epoch} and batch {batch} at {steps} steps per epoch "
+                f"make {epoch * steps + batch}"
+            )
+        if epoch > self.total_epochs:
+            raise OptionError(
+                "epochs", f"the run has completed {epoch} epochs; give at least {epoch} (or start a new run)"
             )
         order = loop.get("order_generator")
-        if not (isinstance(order, Tensor) and order.dtype == torch.uint8 and order.shape == self._epoch_start_state.shape):
+        probe = torch.Generator()
+        if not (isinstance(order, Tensor) and order.dtype == torch.uint8 and order.shape == probe.get_state().shape):
             raise bad("loop.order_generator is not a generator state (a uint8 tensor)")
         sums, count, seconds = loop.get("sums"), loop.get("count"), loop.get("seconds")
         if not (
             isinstance(sums, dict)
-            and all(isinstance(k, str) and isinstance(v, Tensor) and v.dim() == 0 for k, v in sums.items())
+            and all(
+                isinstance(k, str) and isinstance(v, Tensor) and v.dim() == 0 and v.dtype == torch.float64
+                for k, v in sums.items()
+            )
         ):
-            raise bad("loop.sums is not a dict of scalar tensors")
-        if not (isinstance(count, (int, float)) and count >= 0 and isinstance(seconds, (int, float))):
-            raise bad(f"loop.count ({count!r}) or loop.seconds ({seconds!r}) is not a number >= 0")
+            raise bad("loop.sums is not a dict of float64 scalars")
+        if not _finite_number(count) or not _finite_number(seconds):
+            raise bad(f"loop.count ({count!r}) and loop.seconds ({seconds!r}) must be finite numbers >= 0")
+        if batch == 0 and (sums or count):
+            raise bad("at the start of an epoch (loop.batch 0) there can be no running sums")
         metrics = state["metrics"]
         if not (
             isinstance(metrics, list)
             and len(metrics) == epoch
             and all(
-                isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in r.items())
+                isinstance(r, dict) and all(isinstance(k, str) and _finite_or_real(v) for k, v in r.items())
                 for r in metrics
             )
         ):
             raise bad(f"'metrics' must be a list of {epoch} rows (one per completed epoch) of numbers")
-        for key, owned in (("optimizers", self.optimizers), ("stateful", self.stateful), ("generators", self.generators)):
+        for key, owned in (
+            ("optimizers", self.optimizers),
+            ("stateful", self.stateful),
+            ("generators", self.generators),
+        ):
             saved = state[key]
             if not isinstance(saved, dict) or set(saved) != set(owned):
-                names = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+                names = sorted(map(str, saved)) if isinstance(saved, dict) else type(saved).__name__
                 raise bad(f"{key!r} holds {names}, this run has {sorted(owned)}")
-        generators = state["generators"]
+        generators, optimizers, stateful = state["generators"], state["optimizers"], state["stateful"]
         assert isinstance(generators, dict)
-        for name, generator in self.generators.items():
+        assert isinstance(optimizers, dict)
+        assert isinstance(stateful, dict)
+        for name in self.generators:
             value = generators[name]
-            if not (isinstance(value, Tensor) and value.dtype == torch.uint8 and value.shape == generator.get_state().shape):
+            if not (isinstance(value, Tensor) and value.dtype == torch.uint8 and value.shape == order.shape):
                 raise bad(f"generators[{name!r}] is not the state of a torch.Generator")
-        rng = state["rng"]
-        if not isinstance(rng, dict):
-            raise bad("'rng' is not a dict")
-        checkpoint.check_fits(self.model)
-        optimizers, stateful = state["optimizers"], state["stateful"]
-        assert isinstance(optimizers, dict) and isinstance(stateful, dict)
+        for name, optimizer in self.optimizers.items():
+            problem = _optimizer_state_problem(optimizer, optimizers[name])
+            if problem:
+                raise bad(f"the state of optimizer {name!r} does not fit it: {problem}")
         try:
+            checkpoint.check_fits(self.model)
+            probe.set_state(order)
+            for name in self.generators:
+                probe.set_state(generators[name])
+        except (ValueError, RuntimeError) as e:
+            raise bad(str(e)) from None
+        # everything checked that can be without applying it; now apply, each step guarded
+        built = {name: _hyperparameters(opt) for name, opt in self.optimizers.items()}
+        try:
+            rng = state["rng"]
+            if not isinstance(rng, dict):
+                raise ValueError("'rng' is not a dict")
+            set_rng_state(rng)
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(optimizers[name])
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise bad(f"the state of optimizer {name!r} does not fit it ({e})") from None
-        try:
             for name, obj in self.stateful.items():
                 obj.load_state_dict(stateful[name])
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise bad(f"the state of {name!r} does not fit it ({e})") from None
-        try:
-            set_rng_state(rng)
             for name, generator in self.generators.items():
                 generator.set_state(generators[name])
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise bad(f"a random generator's state does not load ({e})") from None
+        except Exception as e:
+            raise bad(f"{type(e).__name__}: {e}") from None
+        if self.run.allowed_changes:  # a deliberate change takes effect: hyper-parameters as the optimizer was built
+            for name, optimizer in self.optimizers.items():
+                for group, values in zip(optimizer.param_groups, built[name], strict=True):
+                    group.update(values)
         checkpoint.load_into(self.model)
         self.epoch, self.batch, self.step = epoch, batch, step
         self._epoch_start_state = order.clone()
         self._order_generator.set_state(order)
-        self._sums = {name: value.to(torch.float64).cpu() for name, value in sums.items()}
+        self._sums = {name: value.clone() for name, value in sums.items()}
+        assert isinstance(count, (int, float))
+        assert isinstance(seconds, (int, float))
         self._count, self._seconds = float(count), float(seconds)
-        self.metrics = [{k: v for k, v in row.items()} for row in metrics]
+        self.metrics = [dict(row) for row in metrics]
         self.run.saved = (epoch, batch, step)
         self.run.checkpoint = None  # release the file contents
+        if self.metrics:  # a process killed between its last checkpoint and metrics.csv left the file behind
+            self.run.write_bytes(METRICS_FILE, csv_bytes(self.metrics))
         self.run.record_resume({"epoch": epoch, "batch": batch, "step": step})
 
     # ------------------------------------------------------------------------------------------------- output
@@ -417,6 +456,73 @@ class TrainingLoop:
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _finite_or_real(value: object) -> bool:
+    """A metrics entry: a real number (NaN and inf are legitimate metric values)."""
+    return type(value) in (int, float)
+
+
+def _hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def _optimizer_state_problem(optimizer: torch.optim.Optimizer, saved: object) -> str:
+    """What is wrong with ``saved`` as a state of ``optimizer`` ("" when nothing): the structure, the
+    hyper-parameters' types, and the shape of every per-parameter tensor."""
+    if not (
+        isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list)
+    ):
+        return "expected a dict with 'state' (a dict) and 'param_groups' (a list)"
+    groups = saved["param_groups"]
+    if len(groups) != len(optimizer.param_groups) or not all(isinstance(g, dict) for g in groups):
+        return f"{len(groups)} parameter groups, the optimizer has {len(optimizer.param_groups)}"
+    params: list[Tensor] = []
+    for i, (group, own) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
+        ids = group.get("params")
+        if not (isinstance(ids, list) and len(ids) == len(own["params"]) and all(type(x) is int for x in ids)):
+            return f"parameter group {i} does not list {len(own['params'])} parameter ids"
+        for key, value in own.items():
+            if key == "params" or key not in group:
+                continue
+            if not _same_kind(value, group[key]):
+                return f"parameter group {i}: {key} is {group[key]!r}, expected a value like {value!r}"
+        params.extend(own["params"])
+    index: dict[int, Tensor] = {}
+    position = 0
+    for group in groups:
+        for pid in group["params"]:
+            index[pid] = params[position]
+            position += 1
+    for pid, entry in saved["state"].items():
+        if pid not in index or not isinstance(entry, dict):
+            return f"state of an unknown parameter id {pid!r}"
+        param = index[pid]
+        for key, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                return f"{key} of parameter {pid} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}"
+    return ""
+
+
+def _same_kind(built: object, saved: object) -> bool:
+    """Whether a saved hyper-parameter has the type of the built one (numbers as numbers, tuples of numbers...)."""
+    if isinstance(built, bool) or built is None:
+        return type(saved) is type(built)
+    if isinstance(built, (int, float)):
+        return type(saved) in (int, float)
+    if isinstance(built, Tensor):
+        return isinstance(saved, (Tensor, int, float)) and not isinstance(saved, bool)
+    if isinstance(built, (tuple, list)):
+        return (
+            isinstance(saved, (tuple, list))
+            and len(saved) == len(built)
+            and all(_same_kind(b, s) for b, s in zip(built, saved, strict=True))
+        )
+    return type(saved) is type(built)
 
 
 def _int_field(mapping: Mapping[str, object], key: str, bad: Any) -> int:
