@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from kldiv._validate import validation
 from kldiv.data import DATASETS, ImageDataset, binarize, load_dataset, shard
 from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint, read_run, saved_config
 from kldiv.runs import options as check
 from kldiv.schedules import Cyclical, Scaled, parse_schedule
-from kldiv.vae.model import VAE, build_model
+from kldiv.vae.model import VAE, build_model, check_images
 from kldiv.vae.objective import Evaluation, elbo_terms, evaluate, vae_loss
 
 COMMAND = "vae train"
@@ -169,6 +170,7 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
     schedule = config.kl_schedule(steps_per_epoch)
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.image_shape, z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
+    check_images(model, data.train, "the training images")  # once: the steps then skip the per-batch checks
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all tensors
     noise = torch.Generator().manual_seed(config.seed + 1)  # binarization and the reparameterization noise
     with Run.open(options, command=COMMAND, **_run_rules(config, data)) as run:
@@ -194,8 +196,9 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
                 part = shard(x_all.shape[0], run.rank, run.world_size)
                 x = x_all[part]
                 beta_t = schedule(loop.step)
-                terms = elbo_terms(net, x, eps=eps_all[part])  # type: ignore[arg-type]
-                loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
+                with validation(False):  # the images were checked once; a non-finite loss stops training below
+                    terms = elbo_terms(net, x, eps=eps_all[part])  # type: ignore[arg-type]
+                    loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
                 loop.check_finite(loss, hint="Try a smaller learning rate.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
