@@ -18,6 +18,7 @@ from kldiv.cli._common import (
     Overwrite,
     Progress,
     Resume,
+    Threads,
     console,
     fail,
     resolve_config,
@@ -68,6 +69,7 @@ def train_command(
     allow_change: AllowChange = None,
     checkpoint_steps: CheckpointSteps = 0,
     progress: Progress = True,
+    threads: Threads = "auto",
 ) -> None:
     """Train a VAE; writes run.json, metrics.csv, checkpoints (safetensors) and figures into --out."""
     from kldiv.vae.train import TrainConfig, train
@@ -79,6 +81,7 @@ def train_command(
         allow_change=allow_change,
         checkpoint_steps=checkpoint_steps,
         progress=progress,
+        threads=threads,
     )
     values = {
         "dataset": dataset,

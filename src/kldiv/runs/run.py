@@ -73,7 +73,9 @@ class RunOptions:
     ``out``: the run directory. ``resume``: continue the run in ``out`` from its checkpoint. ``overwrite``:
     replace the run in ``out``. ``allow_changes``: options a resume may change (recorded in ``run.json``).
     ``checkpoint_steps``: also checkpoint every N optimizer steps (0: at epoch ends only). ``progress``: show
-    progress bars. ``cli``: name options as on the command line in messages.
+    progress bars. ``threads``: torch's thread count for the steps; None chooses at every epoch between torch's
+    default and 1 by timing the first steps (:class:`kldiv.runs.loop.ThreadChoice`). ``cli``: name options as on
+    the command line in messages.
     """
 
     out: str | Path
@@ -82,6 +84,7 @@ class RunOptions:
     allow_changes: tuple[str, ...] = ()
     checkpoint_steps: int = 0
     progress: bool = True
+    threads: int | None = None
     cli: bool = False
 
     def __post_init__(self) -> None:
@@ -104,6 +107,10 @@ class RunOptions:
             raise OptionError("checkpoint_steps", f"must be an int >= 0, got {self.checkpoint_steps!r}")
         if self.checkpoint_steps < 0:
             raise OptionError("checkpoint_steps", f"must be >= 0 (0: at epoch ends only), got {self.checkpoint_steps}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= 1024
+        ):
+            raise OptionError("threads", f"must be an integer in [1, 1024] or automatic, got {self.threads!r}")
         if self.allow_changes and not self.resume:
             raise OptionError("allow_change", f"only applies with {resume}")
         object.__setattr__(self, "allow_changes", tuple(self.allow_changes))
