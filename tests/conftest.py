@@ -8,9 +8,20 @@ were measured on a busy machine). Tests that are about thread counts set them ex
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 import torch
+
+import kldiv
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # for the subprocesses the tests start
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _validation_back_on() -> Iterator[None]:
+    """A test that switches kldiv's validation off must not leave it off for the tests after it."""
+    yield
+    kldiv.set_validation(True)

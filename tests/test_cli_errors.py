@@ -62,6 +62,8 @@ CASES: list[tuple[list[str], str]] = [
     (["vae", "train", "--likelihood", "poisson"], "--likelihood"),
     (["vae", "train", "--dataset", "mnist", "--data-dir", "{missing}"], "--data-dir"),
     (["vae", "train", "--checkpoint-steps", "-1"], "--checkpoint-steps"),
+    (["vae", "train", "--threads", "many"], "--threads"),
+    (["vae", "train", "--threads", "0"], "--threads"),
     (["vae", "train", "--out", "{file}"], "--out"),
     (["vae", "train", "--out", "{run}"], "--resume"),
     (["vae", "train", "--out", "{notes}"], "holds no kldiv run"),

@@ -232,7 +232,7 @@ def test_logistic_is_monotone_with_half_at_midpoint(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# epochs, the seed's warm-up
+# epochs, the tutorial's warm-up
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("n_epochs", "steps_per_epoch", "expected"),

@@ -4,7 +4,7 @@ Every section is a function `section(ctx) -> Section` registered with `kldiv.rep
 A new section (VAE, distributions, ...) lives next to its application and is imported in
 `_SECTION_MODULES` below so that it registers itself.
 
-The discrete section reproduces the seed's worked examples, P = [0.4, 0.5, 0.1], Q = [0.3, 0.4, 0.3],
+The discrete section reproduces the tutorial's worked examples, P = [0.4, 0.5, 0.1], Q = [0.3, 0.4, 0.3],
 and puts each kldiv value next to SciPy's value (and PyTorch's, for the edge cases).
 """
 
@@ -445,7 +445,7 @@ def _gjsd_figure(p: Vector, q: Vector) -> Figure:
 
 @register_section("discrete", order=10)
 def discrete_section(ctx: Context) -> Section:
-    """The seed's worked examples, other divergences of the same pair, edge cases and four figures."""
+    """The tutorial's worked examples, other divergences of the same pair, edge cases and four figures."""
     p, q = SEED_P, SEED_Q
     kl_pq, kl_qp = _f(kldiv.kl(p, q)), _f(kldiv.kl(q, p))
     bits_pq, bits_qp = _f(kldiv.kl(p, q, base=2)), _f(kldiv.kl(q, p, base=2))
@@ -457,11 +457,11 @@ def discrete_section(ctx: Context) -> Section:
     near_one_text = ", ".join(f"D_{a:.7g} = {v:.10f}" for a, v in near_one)
     bars = Figure(
         "p-and-q",
-        png_bytes(viz.pair_bars(p, q, title="The seed's distributions P and Q")),
+        png_bytes(viz.pair_bars(p, q, title="The tutorial's distributions P and Q")),
         "P = [0.4, 0.5, 0.1] and Q = [0.3, 0.4, 0.3] over three outcomes.",
     )
     return Section(
-        title="Discrete distributions: the seed's worked examples",
+        title="Discrete distributions: the tutorial's worked examples",
         blocks=[
             "KL(P‖Q) = Σ_i p_i log(p_i / q_i) for P = [0.4, 0.5, 0.1] and Q = [0.3, 0.4, 0.3]. "
             "Every kldiv value below is computed live and printed next to SciPy's, "

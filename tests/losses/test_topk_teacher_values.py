@@ -56,11 +56,15 @@ def _bad(kind: str, defect: str) -> torch.Tensor:
 CASES = [
     ("logits", "nan", r"TopK.values \(logits\) has nan at index \(1, 1\)"),
     ("logits", "inf", r"TopK.values \(logits\) has inf at index \(1, 1\)"),
-    ("logits", "empty", r"TopK.values \(logits\) is -inf everywhere in the row at batch index \(1,\)"),
+    ("logits", "empty", r"TopK.values \(logits\) is -inf everywhere (along dim -1 )?in the row at batch index \(1,\)"),
     ("logits", "overflow", r"TopK.values \(logits\) / temperature overflows in row 1"),
     ("log_probs", "nan", r"TopK.values \(log_probs\) has nan at index \(1, 1\)"),
     ("log_probs", "inf", r"TopK.values \(log_probs\) has inf at index \(1, 1\)"),
-    ("log_probs", "empty", r"TopK.values \(log_probs\) is -inf everywhere in the row at batch index \(1,\)"),
+    (
+        "log_probs",
+        "empty",
+        r"TopK.values \(log_probs\) is -inf everywhere (along dim -1 )?in the row at batch index \(1,\)",
+    ),
     ("log_probs", "overflow", r"TopK.values \(log_probs\) / temperature overflows in row 1"),
     ("probs", "nan", r"TopK.values \(probs\) has nan in row 1, entry 1; probabilities must be finite"),
     ("probs", "inf", r"TopK.values \(probs\) has inf in row 1, entry 1; probabilities must be finite"),

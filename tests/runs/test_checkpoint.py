@@ -381,7 +381,14 @@ def test_save_interrupted_at_any_rename_keeps_the_previous_checkpoint(
 
 def test_save_removes_leftovers_of_its_name_only(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, model=_linear(), state={}, name="best")
-    for leftover in ("last-7.state.pt", "last-2.safetensors", ".last-8.safetensors.0123abcd.tmp", ".last.json.9f.tmp"):
+    dead = 2**22 + 12345  # beyond Linux's default pid_max: no process has it
+    leftovers = (
+        "last-7.state.pt",
+        "last-2.safetensors",
+        f".last-8.safetensors.{dead}-0123ab.tmp",
+        f".last.json.{dead}-9f.tmp",
+    )
+    for leftover in leftovers:
         (tmp_path / leftover).write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("mine")
     save_checkpoint(tmp_path, model=_linear(), state={})

@@ -1,4 +1,4 @@
-"""VAE models: the seed's layer sizes, shapes and gradients of both models for both likelihoods, input checks."""
+"""VAE models: the tutorial's layer sizes, shapes and gradients of both models for both likelihoods, input checks."""
 
 from __future__ import annotations
 

@@ -210,7 +210,7 @@ def test_bernoulli_log_likelihood_is_torchs_bernoulli_log_prob() -> None:
     ll = log_likelihood(model, x, logits)
     assert ll.shape == (7, 5)
     torch.testing.assert_close(ll, Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum((-3, -2, -1)))
-    # Continuous pixels: x log sigmoid(l) + (1 - x) log sigmoid(-l) (the seed's BCE).
+    # Continuous pixels: x log sigmoid(l) + (1 - x) log sigmoid(-l) (the tutorial's BCE).
     xc = torch.rand(5, 1, 3, 4, dtype=F64)
     by_hand = xc * nn.functional.logsigmoid(logits) + (1 - xc) * nn.functional.logsigmoid(-logits)
     torch.testing.assert_close(log_likelihood(model, xc, logits), by_hand.sum((-3, -2, -1)))
@@ -298,7 +298,7 @@ def test_free_bits_floors_each_dimensions_batch_mean_kl() -> None:
 
 
 def test_vae_loss_rejects_negative_weights() -> None:
-    with pytest.raises(ValueError, match=r"beta must be in \[0.0, inf\], got -1.0"):
+    with pytest.raises(ValueError, match=r"beta must be in \[0.0, inf\), got -1.0"):
         vae_loss(_terms(), beta=-1.0)
     with pytest.raises(ValueError, match="free_bits must be in"):
         vae_loss(_terms(), free_bits=-0.5)

@@ -50,7 +50,7 @@ def _run(out: Path, **kw: object) -> RunOptions:
 
 
 def _timeless(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "threads")} for r in rows]
 
 
 def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,6 +72,19 @@ def test_resume_after_two_epochs_is_bit_identical(tmp_path: Path, digits: ImageD
     assert _timeless(resumed.metrics) == _timeless(straight.metrics)
     with open(tmp_path / "split" / "metrics.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_the_thread_count_does_not_change_the_training(tmp_path: Path, digits: ImageDataset, model: str) -> None:
+    """The automatic thread choice may switch between 1 and 2 threads mid-epoch: the weights must not notice."""
+    runs = {
+        threads: train(_config(epochs=1, model=model), _run(tmp_path / f"t{threads}", threads=threads), data=digits)
+        for threads in (1, 2)
+    }
+    _assert_identical(_params(runs[1].model), _params(runs[2].model))
+    assert _timeless(runs[1].metrics) == _timeless(runs[2].metrics)
+    assert [r["threads"] for r in runs[1].metrics] == [1]
+    assert [r["threads"] for r in runs[2].metrics] == [2]
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical_metrics_included(
@@ -322,11 +335,11 @@ def test_a_second_training_process_in_the_same_directory_is_refused_naming_the_f
     finally:
         first.kill()
         first.wait()
-    resumed = subprocess.run(  # the lock died with its holder
-        [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), "--resume", "--epochs", "1"],
+    replaced = subprocess.run(  # the lock died with its holder
+        [sys.executable, "-m", "kldiv", "vae", "train", "--out", str(run), "--overwrite", "--epochs", "1"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert resumed.returncode == 0, resumed.stderr
+    assert replaced.returncode == 0, replaced.stderr

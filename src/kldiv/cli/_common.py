@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,8 +20,10 @@ from kldiv.runs import (
     TrainingFailedError,
     is_main_process,
     option_text,
-    read_run,
+    saved_config,
 )
+
+T = TypeVar("T")
 
 
 def one_line(text: str) -> str:
@@ -112,6 +114,13 @@ AllowChange = Annotated[
 ]
 CheckpointSteps = Annotated[int, typer.Option(help="Also checkpoint every N optimizer steps (0: at epoch ends).")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Threads = Annotated[
+    str,
+    typer.Option(
+        help="torch threads for training: a number, or 'auto' (each epoch times its first steps with torch's "
+        "default and with 1, and keeps the faster: on a busy machine one thread can be many times faster)."
+    ),
+]
 
 
 def run_options(
@@ -122,8 +131,15 @@ def run_options(
     allow_change: list[str] | None,
     checkpoint_steps: int = 0,
     progress: bool = True,
+    threads: str = "auto",
 ) -> RunOptions:
     """The command line's run options (checked: a bad one is one ``error:`` line)."""
+    count: int | None = None
+    if threads != "auto":
+        try:
+            count = int(threads)
+        except ValueError:
+            raise fail(f"--threads: a number or 'auto', got {threads!r}") from None
     with user_errors():
         return RunOptions(
             out=out,
@@ -132,6 +148,7 @@ def run_options(
             allow_changes=tuple(name.replace("-", "_").removeprefix("__") for name in allow_change or ()),
             checkpoint_steps=checkpoint_steps,
             progress=progress,
+            threads=count,
             cli=True,
         )
 
@@ -142,13 +159,25 @@ def explicit(ctx: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if ctx.get_parameter_source(name) not in (None, default)}
 
 
-def config_values(ctx: typer.Context, values: Mapping[str, Any], options: RunOptions) -> dict[str, Any]:
-    """The configuration to train with: ``values`` as given; with ``--resume``, the run's own configuration with
-    only the options the user typed replaced (a resume need not repeat the options of the run)."""
-    if not options.resume:
-        return dict(values)
+def resolve_config(ctx: typer.Context, values: Mapping[str, Any], options: RunOptions, build: Callable[..., T]) -> T:
+    """The configuration to train with, built by ``build(**values)`` (checked: a bad value is one ``error:`` line
+    naming its option). With ``--resume`` the run's own configuration (the one its last checkpoint was trained
+    with) is the base and only the options the user typed replace it: a resume need not repeat the run's
+    options."""
+    saved = None
+    if options.resume:
+        try:
+            saved = saved_config(options.out)
+        except (OSError, ValueError) as e:
+            raise fail(str(e)) from None
+    if saved is None:
+        with user_errors():
+            return build(**values)
+    config, where = saved
+    base = {k: v for k, v in config.items() if k in values}
     try:
-        saved = read_run(options.out).config
-    except (FileNotFoundError, ValueError):
-        return dict(values)  # the run layer says what is wrong with the directory
-    return {**{k: v for k, v in saved.items() if k in values}, **explicit(ctx, values)}
+        build(**{**values, **base})
+    except (OptionError, TypeError) as e:
+        raise fail(f"{where}: the run's saved options are invalid ({e})") from None
+    with user_errors():
+        return build(**{**values, **base, **explicit(ctx, values)})

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,9 +18,10 @@ from kldiv.cli._common import (
     Overwrite,
     Progress,
     Resume,
-    config_values,
+    Threads,
     console,
     fail,
+    resolve_config,
     run_options,
     user_errors,
 )
@@ -32,13 +33,6 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
 ]
 RunDir = Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")]
-
-
-def _config(values: dict[str, Any]) -> Any:
-    from kldiv.vae.train import TrainConfig
-
-    with user_errors():
-        return TrainConfig(**values)
 
 
 def _png_path(path: Path, option: str) -> Path:
@@ -75,9 +69,10 @@ def train_command(
     allow_change: AllowChange = None,
     checkpoint_steps: CheckpointSteps = 0,
     progress: Progress = True,
+    threads: Threads = "auto",
 ) -> None:
     """Train a VAE; writes run.json, metrics.csv, checkpoints (safetensors) and figures into --out."""
-    from kldiv.vae.train import train
+    from kldiv.vae.train import TrainConfig, train
 
     options = run_options(
         out,
@@ -86,6 +81,7 @@ def train_command(
         allow_change=allow_change,
         checkpoint_steps=checkpoint_steps,
         progress=progress,
+        threads=threads,
     )
     values = {
         "dataset": dataset,
@@ -103,7 +99,7 @@ def train_command(
         "val_size": val_size,
         "seed": seed,
     }
-    config = _config(config_values(ctx, values, options))
+    config = resolve_config(ctx, values, options, TrainConfig)
     with user_errors():
         result = train(config, options)
     t = result.test
@@ -219,7 +215,7 @@ def sweep_command(
     from kldiv.report import png_bytes
     from kldiv.runs import atomic_write_bytes, csv_bytes
     from kldiv.vae.plots import tradeoff_figure
-    from kldiv.vae.train import load_data, train
+    from kldiv.vae.train import TrainConfig, check_run, load_data, train
 
     try:
         betas = [*(beta or []), *(float(extra) for extra in ctx.args)]
@@ -229,25 +225,31 @@ def sweep_command(
         raise fail("--beta: give at least one value, e.g. --beta 0.5 1 4")
     if out.exists() and not out.is_dir():
         raise fail(f"--out: {out} is a file, not a directory")
-    base = _config(
-        {
-            "dataset": dataset,
-            "data_dir": data_dir,
-            "model": model,
-            "z_dim": z_dim,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "schedule": schedule,
-            "seed": seed,
-        }
-    )
-    configs = [_config({**asdict(base), "beta": b}) for b in betas]  # every beta checked before the first run
+    values = {
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "model": model,
+        "z_dim": z_dim,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "schedule": schedule,
+        "seed": seed,
+    }
+    names = [f"beta-{b:g}" for b in betas]
+    if len(set(names)) < len(names):
+        raise fail(f"--beta: each value once (their run directories are named {', '.join(names)})")
+    runs = []  # every beta's options and run directory, checked before the first one trains
+    for b, name in zip(betas, names, strict=True):
+        options = run_options(out / name, resume=resume, overwrite=overwrite, allow_change=None)
+        runs.append(
+            (resolve_config(ctx, {**values, "beta": b}, options, TrainConfig), replace(options, progress=progress))
+        )
     with user_errors():
-        data = load_data(base)
+        data = load_data(runs[0][0])
+        for config, options in runs:
+            check_run(config, options, data)
     rows = []
-    for config in configs:
-        options = run_options(out / f"beta-{config.beta:g}", resume=resume, overwrite=overwrite, allow_change=None)
-        options = replace(options, progress=progress)
+    for config, options in runs:
         with user_errors():
             result = train(config, options, data=data)
         t = result.test

@@ -1,4 +1,4 @@
-"""The tour's section on parametric distributions: the seed's examples next to torch, the pairs only kldiv has,
+"""The tour's section on parametric distributions: the tutorial's examples next to torch, the pairs only kldiv has,
 and a figure of KL between Gaussians against the 2-Wasserstein distance."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _torch_value(p: Distribution, q: Distribution) -> Cell:
 
 
 def seed_examples_table() -> Table:
-    """The seed's three examples, each with torch's value."""
+    """The tutorial's three examples, each with torch's value."""
     examples: list[tuple[str, Distribution, Distribution]] = [
         ("KL(N(0,1) ‖ N(1,2))", Normal(_t(0.0), _t(1.0)), Normal(_t(1.0), _t(2.0))),
         (
@@ -60,7 +60,7 @@ def seed_examples_table() -> Table:
     return Table(
         ["pair", "kldiv", "torch.distributions", "|difference|"],
         rows,
-        title="The seed's examples: closed forms, next to torch",
+        title="The tutorial's examples: closed forms, next to torch",
         summary_columns=("pair", "kldiv", "torch.distributions"),
     )
 

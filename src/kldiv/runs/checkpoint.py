@@ -29,7 +29,6 @@ back; :func:`rng_state` gives the random number generators' states in that form.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -65,11 +64,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     The bytes go to a temporary file in the same directory, which is flushed, ``fsync``-ed and renamed over
     ``path`` with ``os.replace``; then the directory is ``fsync``-ed so the rename itself is durable. On an
-    exception the temporary file is removed (a SIGKILL leaves it behind: ``.{name}.<random>.tmp``). An
-    ``OSError`` names ``path`` (not the temporary file).
+    exception the temporary file is removed (a SIGKILL leaves it behind: ``.{name}.{pid}-{random}.tmp``, which
+    :func:`remove_orphaned_temporaries` deletes once its writer is gone). An ``OSError`` names ``path`` (not the
+    temporary file).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
@@ -86,6 +86,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if e.errno is None or e.filename == str(path):
             raise
         raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)-[0-9a-f]+\.tmp")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or we cannot tell: leave its files alone
+    return True
+
+
+def remove_orphaned_temporaries(directory: str | Path) -> None:
+    """Delete the temporary files of :func:`atomic_write_bytes` in ``directory`` whose writing process is gone
+    (killed mid-write); a temporary file of a live process (a concurrent ``vae eval``, say) is left alone."""
+    for p in Path(directory).iterdir():
+        match = _TEMPORARY.fullmatch(p.name)
+        if match and not _process_alive(int(match.group("pid"))):
+            p.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -107,14 +131,16 @@ def save_checkpoint(
     model: nn.Module,
     state: dict[str, object],
     name: str = "last",
+    meta: dict[str, object] | None = None,
 ) -> Path:
     """Save ``model``'s weights and ``state`` as checkpoint ``name``; return the manifest path.
 
     ``state`` holds whatever else a resume needs (optimizer state dicts, step, epoch, metrics, :func:`rng_state`,
     ``generator.get_state()`` of each ``torch.Generator``, ...) in types that ``torch.load(weights_only=True)``
     restores; anything else is a ``TypeError`` naming the key, raised before any file is written. ``directory``
-    is created if needed. A save that fails (``OSError``: a full disk, say) removes the files it wrote; the
-    previous checkpoint stays complete. See the module docstring for the crash guarantee.
+    is created if needed. ``meta`` (plain JSON) goes into the manifest, for readers that need it without reading
+    the checkpoint (:func:`read_manifest_meta`). A save that fails (``OSError``: a full disk, say) removes the
+    files it wrote; the previous checkpoint stays complete. See the module docstring for the crash guarantee.
     """
     directory = Path(directory)
     _check_name(name)
@@ -133,6 +159,8 @@ def save_checkpoint(
     generation = _next_generation(directory, name)
     files = {"weights": f"{name}-{generation}.safetensors", "state": f"{name}-{generation}.state.pt"}
     manifest: dict[str, object] = {"format": FORMAT, "version": FORMAT_VERSION, "name": name, "generation": generation}
+    if meta is not None:
+        manifest["meta"] = meta
     entries: dict[str, object] = {}
     manifest_path = directory / f"{name}.json"
     try:
@@ -182,13 +210,20 @@ def read_checkpoint(
     directory = Path(directory)
     _check_name(name)
     manifest_path = directory / f"{name}.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no checkpoint named {name!r} in {directory}: {manifest_path} does not exist")
-    files = _read_manifest(manifest_path)
-    data = {
-        role: _read_verified(directory / file, size, digest, manifest_path)
-        for role, (file, size, digest) in files.items()
-    }
+    for attempt in range(3):  # a save may replace the checkpoint between reading its manifest and its files
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"no checkpoint named {name!r} in {directory}: {manifest_path} does not exist")
+        before = manifest_path.read_bytes()
+        files = _read_manifest(manifest_path)
+        try:
+            data = {
+                role: _read_verified(directory / file, size, digest, manifest_path)
+                for role, (file, size, digest) in files.items()
+            }
+            break
+        except ValueError:
+            if attempt == 2 or _read_bytes_or_none(manifest_path) == before:
+                raise
     weights_path, state_path = directory / files["weights"][0], directory / files["state"][0]
     tensors = _load_weights(data["weights"], weights_path)
     try:
@@ -200,8 +235,8 @@ def read_checkpoint(
             f"{state_path}: refusing to load it: it holds objects that torch.load(weights_only=True) does not "
             f"restore ({reason})"
         ) from e
-    except RuntimeError as e:  # not a torch.save archive
-        raise ValueError(f"{state_path}: not a readable torch.save file ({e})") from e
+    except Exception as e:  # a damaged archive fails in many ways (EOFError, KeyError, struct.error, ...)
+        raise ValueError(f"{state_path}: not a readable torch.save file ({type(e).__name__}: {e})") from e
     if not (isinstance(payload, dict) and payload.keys() == {"format_version", "state"}):
         raise ValueError(f"{state_path}: expected a dict with keys format_version and state, got {_describe(payload)}")
     if payload["format_version"] != FORMAT_VERSION:
@@ -282,7 +317,7 @@ def remove_stale_files(directory: Path, name: str, keep: set[str]) -> None:
     """Delete the data files of other generations of ``name`` and the temporary files of interrupted saves."""
     stem = re.escape(name)
     data = re.compile(rf"{stem}-\d+\.(?:safetensors|state\.pt)")
-    tmp = re.compile(rf"\.(?:{stem}-\d+\.(?:safetensors|state\.pt)|{stem}\.json)\.[0-9a-f]+\.tmp")
+    tmp = re.compile(rf"\.(?:{stem}-\d+\.(?:safetensors|state\.pt)|{stem}\.json)\.\d+-[0-9a-f]+\.tmp")
     for p in directory.iterdir():
         if p.name not in keep and (data.fullmatch(p.name) or tmp.fullmatch(p.name)):
             p.unlink(missing_ok=True)
@@ -316,6 +351,26 @@ def _read_manifest(path: Path) -> dict[str, tuple[str, int, str]]:
             )
         out[role] = (entry["file"], entry["size"], entry["sha256"])
     return out
+
+
+def _read_bytes_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def read_manifest_meta(directory: str | Path, name: str = "last") -> dict[str, object] | None:
+    """The ``meta`` a checkpoint's manifest holds (see :func:`save_checkpoint`), or None when there is none."""
+    _check_name(name)
+    path = Path(directory) / f"{name}.json"
+    if not path.is_file():
+        return None
+    _read_manifest(path)
+    meta = json.loads(path.read_bytes()).get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"{path}: the manifest's meta must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _read_verified(path: Path, size: int, sha256: str, manifest: Path) -> bytes:
@@ -371,6 +426,8 @@ def _load_weights(data: bytes, path: Path) -> dict[str, Tensor]:
         aliases = json.loads(metadata.get(_ALIASES, "{}"))
     except Exception as e:  # safetensors raises its own error types
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    if not (isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())):
+        raise ValueError(f"{path}: its tied-tensor metadata must map names to names, got {aliases!r:.200}")
     for key, target in aliases.items():
         if target not in tensors:
             raise ValueError(f"{path}: tied tensor {key!r} refers to {target!r}, which the file does not hold")
@@ -379,7 +436,7 @@ def _load_weights(data: bytes, path: Path) -> dict[str, Tensor]:
 
 
 def _check_fits(model: nn.Module, tensors: Mapping[str, Tensor], path: Path) -> None:
-    """Raise one ``ValueError`` listing every missing key, unexpected key and shape mismatch."""
+    """Raise one ``ValueError`` listing every missing key, unexpected key, shape and dtype mismatch."""
     expected = model.state_dict()
     problems = []
     missing = [k for k in expected if k not in tensors]
@@ -395,6 +452,13 @@ def _check_fits(model: nn.Module, tensors: Mapping[str, Tensor], path: Path) -> 
     ]
     if shapes:
         problems.append("shape mismatches: " + "; ".join(shapes))
+    dtypes = [
+        f"{k!r}: file {tensors[k].dtype}, model {v.dtype}"
+        for k, v in expected.items()
+        if k in tensors and isinstance(v, Tensor) and tensors[k].dtype != v.dtype
+    ]
+    if dtypes:
+        problems.append("dtype mismatches: " + "; ".join(dtypes))
     if problems:
         raise ValueError(f"{path} does not fit the model ({type(model).__name__}): " + "; ".join(problems))
 
@@ -474,34 +538,70 @@ def rng_state() -> dict[str, object]:
 def set_rng_state(state: Mapping[str, object]) -> None:
     """Restore the global generators from :func:`rng_state`'s result (as saved and loaded by a checkpoint).
 
-    The CUDA states are restored for the devices present both now and in ``state``, and skipped when CUDA is
-    not available (a run resumed on another device cannot replay its random numbers anyway).
+    Every field is checked before any generator is touched (``ValueError`` naming the field). The CUDA states
+    are restored for the devices present both now and in ``state``, and skipped when CUDA is not available (a
+    run resumed on another device cannot replay its random numbers anyway).
     """
     expected = {"python", "numpy", "torch"}
     if not (isinstance(state, Mapping) and expected <= state.keys() <= expected | {"cuda"}):
-        keys = sorted(state) if isinstance(state, Mapping) else _type_name(state)
+        keys = sorted(map(str, state)) if isinstance(state, Mapping) else _type_name(state)
         raise ValueError(f"state must be rng_state()'s dict with keys python, numpy, torch (and cuda); got {keys}")
     python, numpy_state, torch_state = state["python"], state["numpy"], state["torch"]
-    if not (isinstance(python, Mapping) and isinstance(python.get("internal"), Tensor)):
-        raise ValueError("state['python'] must be {'version', 'internal' (tensor), 'gauss_next'}")
-    if not (isinstance(numpy_state, Mapping) and isinstance(numpy_state.get("key"), Tensor)):
+    words = 2**32
+    if not (
+        isinstance(python, Mapping)
+        and python.keys() == {"version", "internal", "gauss_next"}
+        and type(python["version"]) is int
+        and _words(python["internal"], 625, words)
+        and (python["gauss_next"] is None or type(python["gauss_next"]) is float)
+    ):
+        raise ValueError("state['python'] must be {'version': int, 'internal': 625 words, 'gauss_next': float|None}")
+    if not (
+        isinstance(numpy_state, Mapping)
+        and numpy_state.keys() == {"bit_generator", "key", "pos", "has_gauss", "cached_gaussian"}
+        and numpy_state["bit_generator"] == "MT19937"
+        and _words(numpy_state["key"], 624, words)
+        and type(numpy_state["pos"]) is int
+        and 0 <= numpy_state["pos"] <= 624
+        and numpy_state["has_gauss"] in (0, 1)
+        and type(numpy_state["cached_gaussian"]) is float
+    ):
         raise ValueError(
-            "state['numpy'] must be {'bit_generator', 'key' (tensor), 'pos', 'has_gauss', 'cached_gaussian'}"
+            "state['numpy'] must be {'bit_generator': 'MT19937', 'key': 624 words, 'pos' in [0, 624], "
+            "'has_gauss' 0 or 1, 'cached_gaussian': float}"
         )
-    if not isinstance(torch_state, Tensor):
-        raise ValueError(f"state['torch'] must be a uint8 tensor, got {_type_name(torch_state)}")
-    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
-    np.random.set_state(  # noqa: NPY002  (the global state np.random.* draws from)
-        (
-            numpy_state["bit_generator"],
-            numpy_state["key"].cpu().numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(torch_state.cpu())
+    reference = torch.get_rng_state()
+    if not (
+        isinstance(torch_state, Tensor) and torch_state.dtype == torch.uint8 and torch_state.shape == reference.shape
+    ):
+        raise ValueError(f"state['torch'] must be a uint8 tensor of {reference.numel()} bytes")
     cuda = state.get("cuda")
-    if isinstance(cuda, list) and torch.cuda.is_available():
-        for device in range(min(len(cuda), torch.cuda.device_count())):
-            torch.cuda.set_rng_state(cuda[device].cpu(), device)
+    if cuda is not None and not (isinstance(cuda, list) and all(isinstance(c, Tensor) for c in cuda)):
+        raise ValueError("state['cuda'] must be a list of uint8 tensors")
+    try:
+        random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+        np.random.set_state(  # noqa: NPY002  (the global state np.random.* draws from)
+            (
+                numpy_state["bit_generator"],
+                numpy_state["key"].cpu().numpy().astype(np.uint32),
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+        torch.set_rng_state(torch_state.cpu())
+        if isinstance(cuda, list) and torch.cuda.is_available():
+            for device in range(min(len(cuda), torch.cuda.device_count())):
+                torch.cuda.set_rng_state(cuda[device].cpu(), device)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"the saved random generator states do not load ({e})") from None
+
+
+def _words(value: object, length: int, bound: int) -> bool:
+    """Whether ``value`` is an integer tensor of ``length`` entries in ``[0, bound)``."""
+    return (
+        isinstance(value, Tensor)
+        and value.dtype == torch.int64
+        and value.shape == (length,)
+        and bool(((value >= 0) & (value < bound)).all())
+    )

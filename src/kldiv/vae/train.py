@@ -11,6 +11,7 @@ averaged gradient equals the single-process one on the same global batch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from kldiv._validate import validation
 from kldiv.data import DATASETS, ImageDataset, binarize, load_dataset, shard
-from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint, read_run
+from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint, read_run, saved_config
 from kldiv.runs import options as check
 from kldiv.schedules import Cyclical, Scaled, parse_schedule
-from kldiv.vae.model import VAE, build_model
+from kldiv.vae.model import VAE, build_model, check_images
 from kldiv.vae.objective import Evaluation, elbo_terms, evaluate, vae_loss
 
 COMMAND = "vae train"
@@ -31,6 +33,9 @@ MODELS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 # options a resume may change without changing the run (epochs too, unless the schedule spans the whole run)
 VOLATILE = ("data_dir", "figures", "eval_batch_size")
+# options that can never change within a run: the weights' shapes, the data and its order, the position
+FIXED = ("dataset", "data", "val_size", "batch_size", "model", "z_dim", "likelihood", "seed")
+MAX_Z_DIM = 4096
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,9 @@ class TrainConfig:
         check.choice("dataset", self.dataset, DATASETS)
         check.choice("model", self.model, MODELS)
         check.choice("likelihood", self.likelihood, LIKELIHOODS)
-        for name in ("z_dim", "epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             check.integer(name, getattr(self, name), low=1)
+        check.integer("z_dim", self.z_dim, low=1, high=MAX_Z_DIM)
         check.integer("val_size", self.val_size, low=0)
         check.seed("seed", self.seed)
         object.__setattr__(self, "lr", check.number("lr", self.lr, low=0.0, low_open=True))
@@ -108,14 +114,23 @@ def load_data(config: TrainConfig) -> ImageDataset:
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
-    """The configuration a run was trained with (from its ``run.json``)."""
+    """The configuration the run's last checkpoint was trained with."""
     info = read_run(run_dir)
     if info.command != COMMAND:
         raise ValueError(f"{run_dir} holds a run of `kldiv {info.command}`, not of `kldiv {COMMAND}`")
+    saved = saved_config(run_dir)
+    assert saved is not None  # run.json exists
+    config, where = saved
     try:
-        return TrainConfig.from_dict(info.config)
+        return TrainConfig.from_dict(config)
     except (OptionError, TypeError) as e:
-        raise ValueError(f"{info.path}: the run's configuration is invalid ({e})") from None
+        raise ValueError(f"{where}: the run's configuration is invalid ({e})") from None
+
+
+def data_fingerprint(data: ImageDataset) -> str:
+    """What the training images are, to tell at a resume that they are the same: their count and SHA-256."""
+    digest = hashlib.sha256(data.train.contiguous().numpy().tobytes()).hexdigest()
+    return f"{data.train.shape[0]} images, sha256 {digest[:16]}"
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VAE]:
@@ -126,6 +141,21 @@ def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VAE]:
     load_checkpoint(run_dir, model=model)
     model.eval()
     return config, model
+
+
+def _run_rules(config: TrainConfig, data: ImageDataset) -> dict[str, Any]:
+    """What the run layer needs to know of a VAE run: its description and which options may change."""
+    spans_run = isinstance(config.kl_schedule(steps_per_epoch=1).schedule, Cyclical)
+    return {
+        "config": {**asdict(config), "data": data_fingerprint(data)},
+        "volatile": VOLATILE if spans_run else (*VOLATILE, "epochs"),
+        "fixed": FIXED,
+    }
+
+
+def check_run(config: TrainConfig, options: RunOptions, data: ImageDataset) -> None:
+    """Raise what :func:`train` would raise about its run directory, without training or writing anything."""
+    Run.check(options, command=COMMAND, **_run_rules(config, data))
 
 
 def train(config: TrainConfig, options: RunOptions | None = None, *, data: ImageDataset | None = None) -> TrainResult:
@@ -140,12 +170,10 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
     schedule = config.kl_schedule(steps_per_epoch)
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.image_shape, z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
+    check_images(model, data.train, "the training images")  # once: the steps then skip the per-batch checks
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all tensors
     noise = torch.Generator().manual_seed(config.seed + 1)  # binarization and the reparameterization noise
-    spans_run = isinstance(schedule.schedule, Cyclical)
-    volatile = VOLATILE if spans_run else (*VOLATILE, "epochs")
-
-    with Run.open(options, command=COMMAND, config=asdict(config), volatile=volatile) as run:
+    with Run.open(options, command=COMMAND, **_run_rules(config, data)) as run:
         net: nn.Module = nn.parallel.DistributedDataParallel(model) if run.world_size > 1 else model
         loop = TrainingLoop(
             run,
@@ -168,8 +196,9 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
                 part = shard(x_all.shape[0], run.rank, run.world_size)
                 x = x_all[part]
                 beta_t = schedule(loop.step)
-                terms = elbo_terms(net, x, eps=eps_all[part])  # type: ignore[arg-type]
-                loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
+                with validation(False):  # the images were checked once; a non-finite loss stops training below
+                    terms = elbo_terms(net, x, eps=eps_all[part])  # type: ignore[arg-type]
+                    loss = vae_loss(terms, beta=beta_t, free_bits=config.free_bits)
                 loop.check_finite(loss, hint="Try a smaller learning rate.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
