@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmarks: interleaved timing with medians, machine description, JSON output."""
+"""Shared helpers of the benchmarks: interleaved timing with per-round ratios, machine description, JSON output."""
 
 from __future__ import annotations
 
@@ -82,10 +82,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def interleaved_medians(
+def interleaved_rounds(
     fns: dict[str, Callable[[], object]], *, rounds: int = 15, min_seconds: float = 0.02
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed in interleaved rounds (A B C A B C ...).
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in every round, timed in interleaved rounds (A B C A B C ...).
 
     Each round calls a function enough times to take about ``min_seconds`` so timer resolution does not
     matter; interleaving makes drifts of the machine's speed hit every candidate alike.
@@ -104,7 +104,22 @@ def interleaved_medians(
             for _ in range(reps[name]):
                 fn()
             samples[name].append((time.perf_counter() - start) / reps[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, minimum and maximum."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def round_ratios(samples: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
+    """The ratio of two candidates taken within each round: its median and range over the rounds."""
+    return spread([a / b for a, b in zip(samples[numerator], samples[denominator], strict=True)])
+
+
+def ratio_text(ratio: dict[str, float]) -> str:
+    """``0.42 (0.38-0.51)``: median (range)."""
+    return f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})"
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

@@ -1,12 +1,13 @@
-"""Benchmark of issue 2: ``kldiv.kl`` against ``scipy.special.rel_entr(p, q).sum()`` and
+"""``kldiv.kl`` against ``scipy.special.rel_entr(p, q).sum()`` and
 ``torch.nn.functional.kl_div`` called correctly, from 1e3 to 1e7 elements, validation on and off.
 
-Goal: at >= 1e5 elements kldiv with validation on is no slower than either baseline (ratio <= 1.0).
+The claim measured: at >= 1e5 elements kldiv with validation on is no slower than either baseline. Every
+ratio is taken within a round (the sides interleaved) and reported as median (range) over the rounds.
 
 Run: ``.venv/bin/python -m benchmarks.discrete`` (writes ``benchmarks/results/discrete.json`` and prints a table).
 Layouts: one distribution of n entries (``1d``), n / 1000 rows of 1000 entries (``rows``, one value per
-row), and ``near``: rows of nearly equal distributions (KL ~ 1e-7), where kldiv takes its accurate path (reported,
-not part of the goal). The torch baseline is given probabilities like kldiv, so its call includes ``q.log()``:
+row), and ``near``: rows of nearly equal distributions (KL ~ 1e-7), where kldiv takes its accurate path (reported
+apart). The torch baseline is given probabilities like kldiv, so its call includes ``q.log()``:
 ``F.kl_div(q.log(), p, reduction="sum")`` (``reduction="none"`` then ``.sum(-1)`` for rows); the figures with
 ``log q`` precomputed are reported too.
 """
@@ -14,6 +15,7 @@ not part of the goal). The torch baseline is given probabilities like kldiv, so 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import scipy.special
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import kldiv
-from benchmarks._common import interleaved_medians, machine, write_json
+from benchmarks._common import interleaved_rounds, machine, ratio_text, round_ratios, spread, write_json
 
 
 def _inputs(n: int, layout: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +36,7 @@ def _inputs(n: int, layout: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return p, q
 
 
-def _case(n: int, layout: str, rounds: int) -> dict[str, object]:
+def _case(n: int, layout: str, rounds: int) -> dict[str, Any]:
     p, q = _inputs(n, layout, seed=n)
     pt, qt = torch.from_numpy(p), torch.from_numpy(q)
     log_q = qt.log()
@@ -79,7 +81,7 @@ def _case(n: int, layout: str, rounds: int) -> dict[str, object]:
     rtol = 1e-6 if layout == "near" else 1e-10
     np.testing.assert_allclose(kldiv_numpy(), ref, rtol=rtol)
     np.testing.assert_allclose(kldiv_torch().numpy(), ref, rtol=rtol)
-    t = interleaved_medians(
+    samples = interleaved_rounds(
         {
             "scipy_rel_entr_sum": scipy_rel_entr,
             "torch_kl_div": torch_kl_div,
@@ -94,12 +96,18 @@ def _case(n: int, layout: str, rounds: int) -> dict[str, object]:
     return {
         "n": n,
         "layout": layout,
-        "seconds": t,
-        "ratio_kldiv_numpy_vs_scipy": t["kldiv_numpy"] / t["scipy_rel_entr_sum"],
-        "ratio_kldiv_torch_vs_torch_kl_div": t["kldiv_torch"] / t["torch_kl_div"],
-        "ratio_kldiv_torch_vs_torch_kl_div_log_q_given": t["kldiv_torch"] / t["torch_kl_div_log_q_given"],
-        "ratio_kldiv_numpy_no_validation_vs_scipy": t["kldiv_numpy_no_validation"] / t["scipy_rel_entr_sum"],
-        "ratio_kldiv_torch_no_validation_vs_torch_kl_div": t["kldiv_torch_no_validation"] / t["torch_kl_div"],
+        "seconds": {name: spread(values) for name, values in samples.items()},
+        "ratios": {
+            "kldiv_numpy_vs_scipy": round_ratios(samples, "kldiv_numpy", "scipy_rel_entr_sum"),
+            "kldiv_torch_vs_torch_kl_div": round_ratios(samples, "kldiv_torch", "torch_kl_div"),
+            "kldiv_torch_vs_torch_kl_div_log_q_given": round_ratios(samples, "kldiv_torch", "torch_kl_div_log_q_given"),
+            "kldiv_numpy_no_validation_vs_scipy": round_ratios(
+                samples, "kldiv_numpy_no_validation", "scipy_rel_entr_sum"
+            ),
+            "kldiv_torch_no_validation_vs_torch_kl_div": round_ratios(
+                samples, "kldiv_torch_no_validation", "torch_kl_div"
+            ),
+        },
     }
 
 
@@ -113,30 +121,25 @@ def main() -> None:
         for layout in ("1d", "rows", "near") if n >= 10_000 else ("1d",):
             case = _case(n, layout, args.rounds)
             cases.append(case)
+            r = case["ratios"]
             print(
-                f"n={n:>9,} {layout:>4}: kldiv/scipy {case['ratio_kldiv_numpy_vs_scipy']:.2f}  "
-                f"kldiv/F.kl_div {case['ratio_kldiv_torch_vs_torch_kl_div']:.2f}  "
-                f"(log q given {case['ratio_kldiv_torch_vs_torch_kl_div_log_q_given']:.2f})  "
-                f"no validation: {case['ratio_kldiv_numpy_no_validation_vs_scipy']:.2f} / "
-                f"{case['ratio_kldiv_torch_no_validation_vs_torch_kl_div']:.2f}",
+                f"n={n:>9,} {layout:>4}: kldiv/scipy {ratio_text(r['kldiv_numpy_vs_scipy'])}  "
+                f"kldiv/F.kl_div {ratio_text(r['kldiv_torch_vs_torch_kl_div'])}  "
+                f"(log q given {ratio_text(r['kldiv_torch_vs_torch_kl_div_log_q_given'])})  "
+                f"no validation: {ratio_text(r['kldiv_numpy_no_validation_vs_scipy'])} / "
+                f"{ratio_text(r['kldiv_torch_no_validation_vs_torch_kl_div'])}",
                 flush=True,
             )
-    big = [c for c in cases if int(c["n"]) >= 100_000 and c["layout"] != "near"]  # type: ignore[call-overload]
-    goal = all(
-        float(c["ratio_kldiv_numpy_vs_scipy"]) <= 1.0 and float(c["ratio_kldiv_torch_vs_torch_kl_div"]) <= 1.0
-        for c in big
-    )
     path = write_json(
         "discrete",
         {
             "benchmark": "kldiv.kl vs scipy.special.rel_entr(...).sum() and torch.nn.functional.kl_div",
-            "goal": "ratio <= 1.0 at >= 1e5 elements with validation on, against both baselines",
-            "goal_met": goal,
+            "rounds": args.rounds,
             "machine": machine(),
             "cases": cases,
         },
     )
-    print(f"goal met: {goal}; wrote {path}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

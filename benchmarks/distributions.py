@@ -1,9 +1,10 @@
-"""Benchmark of issue 3: ``kldiv.kl(p, q)`` on distribution objects against ``torch.distributions.kl_divergence``
+"""``kldiv.kl(p, q)`` on distribution objects against ``torch.distributions.kl_divergence``
 on the same inputs, in the same run.
 
 Cases: batched Normal (1e6 pairs), diagonal MVN (d=64, batch 4096; ``Independent(Normal, 1)``), full MVN
-(d=64, batch 4096, given by ``scale_tril``), Dirichlet (K=100, batch 1e5). Goal: no pair slower than torch
-(ratio <= 1.0) and full MVN faster (no redundant factorizations).
+(d=64, batch 4096, given by ``scale_tril``), Dirichlet (K=100, batch 1e5). The claim measured: no pair slower
+than torch, and the full MVN faster (no redundant factorizations). Each ratio is taken within a round (the sides
+interleaved) and reported as median (range) over the rounds.
 
 Run: ``.venv/bin/python -m benchmarks.distributions`` (writes ``benchmarks/results/distributions.json``).
 """
@@ -17,7 +18,7 @@ import torch
 from torch.distributions import Dirichlet, Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 import kldiv
-from benchmarks._common import interleaved_medians, machine, write_json
+from benchmarks._common import interleaved_rounds, machine, ratio_text, round_ratios, spread, write_json
 
 
 def _tril(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
@@ -66,29 +67,28 @@ def main() -> None:
         assert isinstance(a, torch.Tensor)
         assert isinstance(b, torch.Tensor)
         max_rel = float(((a - b).abs() / b.abs().clamp_min(1e-300)).max())
-        t = interleaved_medians({"kldiv": ours, "torch": theirs}, rounds=args.rounds)
-        ratio = t["kldiv"] / t["torch"]
-        results.append({"case": name, "seconds": t, "ratio_kldiv_vs_torch": ratio, "max_rel_diff_vs_torch": max_rel})
+        samples = interleaved_rounds({"kldiv": ours, "torch": theirs}, rounds=args.rounds)
+        ratio = round_ratios(samples, "kldiv", "torch")
+        seconds = {side: spread(values) for side, values in samples.items()}
+        results.append(
+            {"case": name, "seconds": seconds, "ratio_kldiv_vs_torch": ratio, "max_rel_diff_vs_torch": max_rel}
+        )
         print(
-            f"{name:>22}: kldiv {t['kldiv'] * 1e3:8.2f} ms  torch {t['torch'] * 1e3:8.2f} ms  ratio {ratio:.2f}  "
+            f"{name:>22}: kldiv {seconds['kldiv']['median'] * 1e3:8.2f} ms  "
+            f"torch {seconds['torch']['median'] * 1e3:8.2f} ms  kldiv/torch {ratio_text(ratio)}  "
             f"max rel diff {max_rel:.1e}",
             flush=True,
         )
-    goal = (
-        all(r["ratio_kldiv_vs_torch"] <= 1.0 for r in results)
-        and next(r["ratio_kldiv_vs_torch"] for r in results if r["case"].startswith("full_mvn")) < 1.0
-    )
     path = write_json(
         "distributions",
         {
             "benchmark": "kldiv.kl(p, q) vs torch.distributions.kl_divergence(p, q), float64",
-            "goal": "no pair slower than torch (ratio <= 1.0), full MVN faster",
-            "goal_met": goal,
+            "rounds": args.rounds,
             "machine": machine(),
             "cases": results,
         },
     )
-    print(f"goal met: {goal}; wrote {path}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

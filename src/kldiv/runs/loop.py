@@ -74,18 +74,26 @@ def flush_subnormal_state_(optimizer: torch.optim.Optimizer) -> None:
 class ThreadChoice:
     """The thread count of an epoch's steps, chosen by timing its first steps.
 
-    With one candidate, every step runs with it. With several (torch's default and 1), the first steps take
-    turns (after one step of warm-up each) and the rest of the epoch runs with the fastest median. On a busy
-    machine an OpenMP barrier waits for a thread that another process has taken off its core, so torch's
-    default of one thread per core can make every small operation wait: measured here on 2 cores beside one
-    busy process, a VAE step took 600 ms with 2 threads and 13 ms with 1 (and 12 ms against 14 ms when quiet).
-    The thread count does not change results here (tested); it is chosen again at every epoch.
+    With one candidate, every step runs with it. With several (torch's default and 1), warm-up steps run first
+    (the first steps of a process are slow, the more so with more threads), then the candidates take turns, in
+    alternating order, two steps each (the first after a switch is not timed), and the rest of the epoch runs
+    with the default unless another count's median was at least 10% faster. On a busy machine an OpenMP barrier
+    waits for a thread that another process has taken off its core, so torch's default of one thread per core
+    can make every small operation wait: measured here on 2 cores beside one busy process, a VAE step took
+    600 ms with 2 threads and 13 ms with 1 (and 12 ms against 14 ms when quiet). It is chosen again at every
+    epoch.
     """
 
-    ROUNDS = 3
+    WARMUP = 16
+    ROUNDS = 4
+    MARGIN = 0.9
 
     def __init__(self, candidates: list[int]) -> None:
-        self.plan = [c for c in candidates for _ in range(2)] * self.ROUNDS if len(candidates) > 1 else []
+        self.plan: list[int] = []
+        if len(candidates) > 1:
+            self.plan = [candidates[0]] * self.WARMUP
+            for r in range(self.ROUNDS):
+                self.plan += [c for c in (candidates if r % 2 == 0 else candidates[::-1]) for _ in range(2)]
         self.times: dict[int, list[float]] = {c: [] for c in candidates}
         self.current = candidates[0]
         self.started = 0.0
@@ -101,11 +109,15 @@ class ThreadChoice:
     def after_step(self) -> None:
         if self.index >= len(self.plan):
             return
-        if self.index % 2:  # the first step after a switch is its warm-up
+        timed = self.index >= self.WARMUP and (self.index - self.WARMUP) % 2 == 1
+        if timed:  # the first step after a switch is its warm-up
             self.times[self.current].append(time.perf_counter() - self.started)
         self.index += 1
         if self.index == len(self.plan):
-            self.current = min(self.times, key=lambda c: statistics.median(self.times[c]))
+            medians = {c: statistics.median(t) for c, t in self.times.items()}
+            default = next(iter(medians))
+            fastest = min(medians, key=medians.__getitem__)
+            self.current = fastest if medians[fastest] < self.MARGIN * medians[default] else default
             torch.set_num_threads(self.current)
 
 
