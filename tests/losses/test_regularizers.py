@@ -406,6 +406,13 @@ def test_gradcheck_kl_model_to_target_with_zero_target_entries_on_masked_classes
     assert gradcheck(lambda t: kl_model_to_target(_scatter(t, FINITE), target), (theta,))
 
 
+@pytest.mark.parametrize("fn", [kl_model_to_target, kl_target_to_model])
+def test_gradcheck_with_respect_to_a_positive_target(fn: Callable[..., Tensor]) -> None:
+    x = _logits(4, 5, seed=11)
+    w = torch.rand(4, 5, dtype=DT, generator=torch.Generator().manual_seed(12)).add_(0.1).requires_grad_()
+    assert gradcheck(lambda u: fn(x, u / u.sum(-1, keepdim=True), reduction="none"), (w,))
+
+
 @pytest.mark.parametrize("name", sorted(GRAD_FUNCS))
 def test_gradient_is_zero_at_neg_inf_logits(name: str) -> None:
     x = _scatter(_logits(int(FINITE.sum()), seed=4), FINITE).requires_grad_()
@@ -439,6 +446,9 @@ def test_modules_equal_the_functions() -> None:
     assert ConfidencePenaltyLoss(beta=0.4)(x).item() == confidence_penalty(x, beta=0.4).item()
     assert LabelSmoothingLoss(eps=0.1)(x, labels).item() == label_smoothing_loss(x, labels, eps=0.1).item()
     assert "target" in dict(module.named_buffers())
+    assert "direction='model_to_target'" in repr(module)
+    assert "eps=0.1" in repr(LabelSmoothingLoss(eps=0.1))
+    assert "beta=0.4" in repr(ConfidencePenaltyLoss(beta=0.4))
     assert module.to(torch.float32).target.dtype == torch.float32
 
 

@@ -347,6 +347,9 @@ class MarginalKLToUniformLoss(nn.Module):
     def forward(self, logits: Tensor) -> Tensor:
         return LR.marginal_kl_to_uniform(logits, dim=self.dim)
 
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
 
 class ConfidencePenaltyLoss(_RegularizerLoss):
     """``-beta H(softmax(logits))``: :func:`kldiv.losses.confidence_penalty` as a module."""
@@ -357,6 +360,9 @@ class ConfidencePenaltyLoss(_RegularizerLoss):
 
     def forward(self, logits: Tensor) -> Tensor:
         return LR.confidence_penalty(logits, beta=self.beta, dim=self.dim, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, {super().extra_repr()}"
 
 
 class LabelSmoothingLoss(_RegularizerLoss):
@@ -373,3 +379,6 @@ class LabelSmoothingLoss(_RegularizerLoss):
         return LR.label_smoothing_loss(
             logits, labels, eps=self.eps, ignore_index=self.ignore_index, dim=self.dim, reduction=self.reduction
         )
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, ignore_index={self.ignore_index}, {super().extra_repr()}"
