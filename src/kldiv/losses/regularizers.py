@@ -91,7 +91,8 @@ def kl_model_to_target(
     Mode-seeking (reverse KL to the target): the model is pulled onto the target's support. ``target`` is a
     probability vector along ``dim`` that broadcasts against ``logits`` (e.g. shape ``(C,)`` or ``(B, C)``).
     Edges: a ``-inf`` logit contributes 0; a class the model gives mass and the target none makes the value
-    +inf. Gradients reach ``target`` too (at its positive entries) if it requires them. Reference: Kullback & Leibler (1951); Cover & Thomas (2006), eq. 2.26.
+    +inf. Gradients reach ``target`` too (at its positive entries) if it requires them.
+    Reference: Kullback & Leibler (1951); Cover & Thomas (2006), eq. 2.26.
     """
     check_choice("reduction", reduction, get_args(RegularizerReduction))
     log_p, log_t, ratio = _model_and_target(logits, target, dim)
