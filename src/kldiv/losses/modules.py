@@ -4,10 +4,13 @@ and call the function.
 Each ``forward(student_logits, teacher, labels=None, mask=None)`` returns the loss of the functional form with
 the options given at construction (see :mod:`kldiv.losses.functional` for the semantics); the fused linear
 losses take ``forward(hidden, weight, teacher, labels=None, mask=None, *, bias=None)`` (the student's head is
-the caller's, e.g. ``lm_head.weight``; see :mod:`kldiv.losses.linear`).
+the caller's, e.g. ``lm_head.weight``; see :mod:`kldiv.losses.linear`). The classification regularizers of
+:mod:`kldiv.losses.regularizers` take ``forward(logits)`` (``forward(logits, labels)`` for label smoothing).
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
@@ -15,8 +18,10 @@ from kldiv._validate import check_scalar
 from kldiv.discrete import _check_beta
 from kldiv.losses import functional as LF
 from kldiv.losses import linear as LL
+from kldiv.losses import regularizers as LR
 from kldiv.losses.linear import Direction, TeacherHead
-from kldiv.losses.options import Implementation, Reduction, TeacherKind, TopK, check_options
+from kldiv.losses.options import Implementation, Reduction, TeacherKind, TopK, check_choice, check_options
+from kldiv.losses.regularizers import RegularizerReduction
 from kldiv.losses.rows import rows_per_chunk
 
 
@@ -286,3 +291,94 @@ class FusedLinearDistillationLoss(_FusedLinearLoss):
             reduction=self.reduction,
             chunk_size=self.chunk_size,
         )
+
+
+TargetDirection = Literal["model_to_target", "target_to_model"]
+
+
+class _RegularizerLoss(nn.Module):
+    def __init__(self, *, dim: int = -1, reduction: RegularizerReduction = "mean") -> None:
+        super().__init__()
+        check_choice("reduction", reduction, get_args(RegularizerReduction))
+        self.dim = dim
+        self.reduction: RegularizerReduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, reduction={self.reduction!r}"
+
+
+class KLToTargetLoss(_RegularizerLoss):
+    """KL between ``softmax(logits)`` and a fixed distribution ``target`` (a buffer: it follows ``.to()``), in
+    the named ``direction``: :func:`kldiv.losses.kl_model_to_target` or :func:`kldiv.losses.kl_target_to_model`
+    as a module."""
+
+    target: Tensor
+
+    def __init__(
+        self,
+        target: Tensor,
+        *,
+        direction: TargetDirection,
+        dim: int = -1,
+        reduction: RegularizerReduction = "mean",
+    ) -> None:
+        super().__init__(dim=dim, reduction=reduction)
+        check_choice("direction", direction, get_args(TargetDirection))
+        if not isinstance(target, Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        self.direction: TargetDirection = direction
+        self.register_buffer("target", target)
+
+    def forward(self, logits: Tensor) -> Tensor:
+        kl = LR.kl_model_to_target if self.direction == "model_to_target" else LR.kl_target_to_model
+        return kl(logits, self.target, dim=self.dim, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"direction={self.direction!r}, {super().extra_repr()}"
+
+
+class MarginalKLToUniformLoss(nn.Module):
+    """``KL(mean_b softmax(logits_b) || U)``: :func:`kldiv.losses.marginal_kl_to_uniform` as a module."""
+
+    def __init__(self, *, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return LR.marginal_kl_to_uniform(logits, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class ConfidencePenaltyLoss(_RegularizerLoss):
+    """``-beta H(softmax(logits))``: :func:`kldiv.losses.confidence_penalty` as a module."""
+
+    def __init__(self, *, beta: float, dim: int = -1, reduction: RegularizerReduction = "mean") -> None:
+        super().__init__(dim=dim, reduction=reduction)
+        self.beta = check_scalar("beta", beta, low=0.0)
+
+    def forward(self, logits: Tensor) -> Tensor:
+        return LR.confidence_penalty(logits, beta=self.beta, dim=self.dim, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, {super().extra_repr()}"
+
+
+class LabelSmoothingLoss(_RegularizerLoss):
+    """``(1 - eps) CE(y, p) + eps CE(U, p)``: :func:`kldiv.losses.label_smoothing_loss` as a module."""
+
+    def __init__(
+        self, *, eps: float, ignore_index: int = -100, dim: int = -1, reduction: RegularizerReduction = "mean"
+    ) -> None:
+        super().__init__(dim=dim, reduction=reduction)
+        self.eps = check_scalar("eps", eps, low=0.0, high=1.0)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return LR.label_smoothing_loss(
+            logits, labels, eps=self.eps, ignore_index=self.ignore_index, dim=self.dim, reduction=self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, ignore_index={self.ignore_index}, {super().extra_repr()}"
