@@ -93,6 +93,33 @@ CASES: list[tuple[list[str], str]] = [
     (["vae", "sweep"], "--beta"),
     (["vae", "sweep", "--beta", "1", "--epochs", "0"], "--epochs"),
     (["vae", "sweep", "--beta", "1", "--out", "{file}"], "--out"),
+    # kldiv classify train
+    (["classify", "train", "--epochs", "0"], "--epochs"),
+    (["classify", "train", "--batch-size", "0"], "--batch-size"),
+    (["classify", "train", "--reg", "mixup"], "--reg"),
+    (["classify", "train", "--reg", "kl-target"], "--target"),
+    (["classify", "train", "--target", "0.5,0.5"], "--target"),
+    (["classify", "train", "--reg", "kl-target", "--target", "0.5,0.5"], "--target"),
+    (["classify", "train", "--reg", "kl-target", "--target", "a" + ",0.1" * 9], "--target"),
+    (["classify", "train", "--reg", "kl-target", "--target", "0.2" + ",0.1" * 9], "--target"),
+    (["classify", "train", "--beta", "-1"], "--beta"),
+    (["classify", "train", "--beta", "nan"], "--beta"),
+    (["classify", "train", "--eps", "1.5"], "--eps"),
+    (["classify", "train", "--lr", "0"], "--lr"),
+    (["classify", "train", "--n-bins", "0"], "--n-bins"),
+    (["classify", "train", "--seed", "-1"], "--seed"),
+    (["classify", "train", "--val-size", "100000"], "--val-size"),
+    (["classify", "train", "--dataset", "cifar"], "--dataset"),
+    (["classify", "train", "--model", "resnet"], "--model"),
+    (["classify", "train", "--dataset", "mnist", "--data-dir", "{missing}"], "--data-dir"),
+    (["classify", "train", "--out", "{file}"], "--out"),
+    (["classify", "train", "--out", "{run}", "--resume"], "kldiv vae train"),
+    # kldiv classify eval
+    (["classify", "eval", "{run}"], "not of `kldiv classify train`"),
+    (["classify", "eval", "{missing}"], "holds no kldiv run"),
+    (["classify", "eval", "{run}", "--n-bins", "0"], "--n-bins"),
+    (["classify", "eval", "{run}", "--limit", "-1"], "--limit"),
+    (["classify", "eval"], "Missing argument 'run'"),
 ]
 
 
