@@ -1,5 +1,5 @@
-"""The classification trainer: every regularizer trains, exact resume (metrics included), the checks of its
-options, and the `kldiv classify` commands."""
+"""The classification trainer: every regularizer trains, exact resume (metrics included, also mid-epoch), the NaN
+stop, the checks of its options, and the `kldiv classify` commands."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kldiv.classify.objective import REGULARIZERS
+from kldiv.classify import train as train_module
+from kldiv.classify.model import build_model
+from kldiv.classify.objective import REGULARIZERS, LossTerms, predict_logits
 from kldiv.classify.train import TrainConfig, load_trained, parse_target, train
 from kldiv.data import ImageDataset, load_digits
-from kldiv.runs import OptionError, RunError, RunOptions
+from kldiv.runs import OptionError, RunError, RunOptions, TrainingDivergedError, load_checkpoint
 
 runner = CliRunner()
 SKEWED = "0.19,0.09,0.09,0.09,0.09,0.09,0.09,0.09,0.09,0.09"
@@ -144,3 +146,60 @@ def test_cli_train_then_eval_writes_and_prints_the_test_metrics(tmp_path: Path) 
     config, model = load_trained(out)
     assert config.model == "mlp"
     assert not model.training
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical_metrics_included(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = train(_config(epochs=3), _run(tmp_path / "straight"), data=digits)
+    calls = {"n": 0}
+    real_loss = train_module.regularized_loss
+
+    def crashing_loss(*args: object, **kw: object) -> LossTerms:
+        calls["n"] += 1
+        if calls["n"] == 17:  # epoch 3 (7 steps per epoch), after the checkpoint of step 15
+            raise KeyboardInterrupt
+        return real_loss(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "regularized_loss", crashing_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=3), _run(tmp_path / "crash", checkpoint_steps=5), data=digits)
+    monkeypatch.setattr(train_module, "regularized_loss", real_loss)
+    state = load_checkpoint(tmp_path / "crash", model=build_model("cnn", (1, 8, 8)))
+    loop = state["loop"]
+    assert isinstance(loop, dict)
+    assert (loop["epoch"], loop["batch"], loop["step"]) == (2, 1, 15)
+    resumed = train(_config(epochs=3), _run(tmp_path / "crash", checkpoint_steps=5, resume=True), data=digits)
+    a, b = _params(straight.model), _params(resumed.model)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the interrupted epoch's running sums (loss parts, train accuracy) were in the checkpoint
+    assert _timeless(resumed.metrics) == _timeless(straight.metrics)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+    tmp_path: Path, digits: ImageDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real_loss = train_module.regularized_loss
+
+    def nan_loss(*args: object, **kw: object) -> LossTerms:
+        calls["n"] += 1
+        terms = real_loss(*args, **kw)  # type: ignore[arg-type]
+        return replace(terms, total=terms.total * torch.nan) if calls["n"] == 10 else terms
+
+    monkeypatch.setattr(train_module, "regularized_loss", nan_loss)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 2, step 9 .*epoch 1 completed, step 7"):
+        train(_config(epochs=3), _run(tmp_path / "run"), data=digits)
+
+
+def test_kl_target_moves_the_average_prediction_towards_the_target(tmp_path: Path, digits: ImageDataset) -> None:
+    """With a heavy weight, the test set's average prediction ends nearer the target than without the term."""
+    target = torch.tensor(parse_target(SKEWED), dtype=torch.float64)
+    gaps = {}
+    for reg in ("none", "kl-target"):
+        config = _config(reg=reg, target=SKEWED if reg == "kl-target" else None, beta=5.0, epochs=3)
+        model = train(config, _run(tmp_path / reg), data=digits).model
+        pbar = torch.softmax(predict_logits(model, digits.test).double(), -1).mean(0)
+        gaps[reg] = float((target * (target / pbar).log()).sum())
+    assert gaps["kl-target"] < gaps["none"] / 2, gaps
