@@ -36,8 +36,8 @@ from kldiv.runs import options as check
 COMMAND = "classify train"
 NUM_CLASSES = 10
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
-# options a resume may change without changing the run
-VOLATILE = ("data_dir", "figures", "eval_batch_size", "n_bins", "epochs")
+# options a resume may change without changing the run (n_bins is not one: the ECE column would change meaning)
+VOLATILE = ("data_dir", "figures", "eval_batch_size", "epochs")
 # options that can never change within a run: the weights' shapes, the data and its order
 FIXED = ("dataset", "data", "val_size", "batch_size", "model", "seed")
 _SUM_TOLERANCE = 1e-6
