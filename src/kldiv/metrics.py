@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kldiv.losses.options import check_choice, check_probs
+from kldiv.losses.options import check_choice, check_label_tensor, check_probs
 from kldiv.losses.rows import cross_entropy_rows, log_of_probs, reduce_rows, rows_per_chunk
 
 MetricReduction = Literal["mean", "sum", "none"]
@@ -52,15 +52,12 @@ def _rows(name: str, probs: object, labels: object, *, check: bool) -> tuple[Ten
     if rows.shape[0] == 0:
         raise ValueError(f"{name} of shape {tuple(probs.shape)} holds no sample; a metric needs at least one")
     batch_shape = probs.shape[:-1]
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of class ids, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels has dtype {labels.dtype}; an integer dtype is required")
-    if labels.shape != batch_shape:
-        raise ValueError(
-            f"labels has shape {tuple(labels.shape)}; expected {tuple(batch_shape)}, the shape of {name} without "
-            "its last (class) dimension"
-        )
+    labels = check_label_tensor(
+        labels,
+        batch_shape,
+        ids="class ids",
+        expected=f"{tuple(batch_shape)}, the shape of {name} without its last (class) dimension",
+    )
     flat = labels.reshape(-1).to(device=rows.device, dtype=torch.int64)
     outside = (flat < 0) | (flat >= n_classes)
     if bool(outside.any()):

@@ -121,7 +121,7 @@ class Report:
 
 @dataclass(frozen=True)
 class Context:
-    """What a section function gets: where the report goes and the seed for anything random."""
+    """What a section function gets: where the report goes and the random seed."""
 
     out_dir: Path
     seed: int = 0

@@ -62,3 +62,21 @@ def test_the_default_stays_unless_another_count_is_clearly_faster(monkeypatch: p
     clock = FakeClock({2: 0.0100, 1: 0.0095})
     monkeypatch.setattr(loop.time, "perf_counter", clock.perf_counter)
     assert _run(clock, [2, 1])[-1] == 2
+
+
+def test_a_machine_that_becomes_busy_mid_epoch_is_timed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quiet at the start (2 threads chosen), then another process takes a core: 2 threads become 40x slower."""
+    clock = FakeClock({2: 0.010, 1: 0.013})
+    monkeypatch.setattr(loop.time, "perf_counter", clock.perf_counter)
+    choice = ThreadChoice([2, 1])
+    used = []
+    for step in range(120):
+        if step == 60:
+            clock.cost = {2: 0.4, 1: 0.014}
+        choice.before_step()
+        used.append(torch.get_num_threads())
+        clock.step()
+        choice.after_step()
+    assert used[40:60] == [2] * 20
+    assert used[-20:] == [1] * 20
+    assert used[60:].count(2) <= ThreadChoice.SLOW_STEPS + 2 * ThreadChoice.ROUNDS  # the slow steps, then the probe

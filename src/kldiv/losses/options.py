@@ -79,6 +79,18 @@ def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+def check_label_tensor(labels: object, batch_shape: torch.Size, *, ids: str, expected: str) -> Tensor:
+    """``labels``, checked to be an integer tensor of shape ``batch_shape`` (``ids`` and ``expected`` word the
+    errors)."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of {ids}, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels has dtype {labels.dtype}; an integer dtype is required")
+    if labels.shape != batch_shape:
+        raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {expected}")
+    return labels
+
+
 def valid_rows(
     batch_shape: torch.Size,
     labels: Tensor | None,
@@ -89,14 +101,9 @@ def valid_rows(
     """Flat bool tensor (N,) of the valid tokens: ``labels != ignore_index`` and ``mask``."""
     valid = torch.ones(batch_shape, dtype=torch.bool, device=device)
     if labels is not None:
-        if not isinstance(labels, Tensor):
-            raise TypeError(f"labels must be a torch.Tensor of token ids, got {type(labels).__name__}")
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels has dtype {labels.dtype}; an integer dtype is required")
-        if labels.shape != batch_shape:
-            raise ValueError(
-                f"labels has shape {tuple(labels.shape)}; expected the logits' batch shape {tuple(batch_shape)}"
-            )
+        check_label_tensor(
+            labels, batch_shape, ids="token ids", expected=f"the logits' batch shape {tuple(batch_shape)}"
+        )
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
         valid = valid & (labels != ignore_index)

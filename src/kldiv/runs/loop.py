@@ -76,28 +76,37 @@ class ThreadChoice:
 
     With one candidate, every step runs with it. With several (torch's default and 1), warm-up steps run first
     (the first steps of a process are slow, the more so with more threads), then the candidates take turns, in
-    alternating order, two steps each (the first after a switch is not timed), and the rest of the epoch runs
-    with the default unless another count's median was at least 10% faster. On a busy machine an OpenMP barrier
-    waits for a thread that another process has taken off its core, so torch's default of one thread per core
-    can make every small operation wait: measured here on 2 cores beside one busy process, a VAE step took
-    600 ms with 2 threads and 13 ms with 1 (and 12 ms against 14 ms when quiet). It is chosen again at every
-    epoch.
+    alternating order, two steps each (the first after a switch is not timed), and the following steps run with
+    the default unless another count's median was at least 10% faster. If the steps then run several times
+    slower than the chosen count's median for a while (another process started), the candidates are timed again.
+    On a busy machine an OpenMP barrier waits for a thread that another process has taken off its core, so
+    torch's default of one thread per core can make every small operation wait: measured here on 2 cores beside
+    one busy process, a VAE step took 600 ms with 2 threads and 13 ms with 1 (and 12 ms against 14 ms when
+    quiet).
     """
 
     WARMUP = 16
     ROUNDS = 4
     MARGIN = 0.9
+    SLOWDOWN = 3.0  # steps this many times slower than the chosen median ...
+    SLOW_STEPS = 8  # ... this many in a row: time the candidates again
 
     def __init__(self, candidates: list[int]) -> None:
-        self.plan: list[int] = []
-        if len(candidates) > 1:
-            self.plan = [candidates[0]] * self.WARMUP
-            for r in range(self.ROUNDS):
-                self.plan += [c for c in (candidates if r % 2 == 0 else candidates[::-1]) for _ in range(2)]
-        self.times: dict[int, list[float]] = {c: [] for c in candidates}
+        self.candidates = candidates
         self.current = candidates[0]
         self.started = 0.0
-        self.index = 0
+        self.chosen_median = math.inf
+        self.slow = 0
+        self._probe(self.WARMUP)
+
+    def _probe(self, warmup: int) -> None:
+        self.warmup, self.index, self.plan = warmup, 0, []
+        if len(self.candidates) > 1:
+            self.plan = [self.current] * warmup
+            for r in range(self.ROUNDS):
+                order = self.candidates if r % 2 == 0 else self.candidates[::-1]
+                self.plan += [c for c in order for _ in range(2)]
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
         torch.set_num_threads(self.current)
 
     def before_step(self) -> None:
@@ -107,17 +116,23 @@ class ThreadChoice:
         self.started = time.perf_counter()
 
     def after_step(self) -> None:
+        seconds = time.perf_counter() - self.started
         if self.index >= len(self.plan):
+            if len(self.candidates) > 1:
+                self.slow = self.slow + 1 if seconds > self.SLOWDOWN * self.chosen_median else 0
+                if self.slow >= self.SLOW_STEPS:
+                    self.slow = 0
+                    self._probe(0)
             return
-        timed = self.index >= self.WARMUP and (self.index - self.WARMUP) % 2 == 1
-        if timed:  # the first step after a switch is its warm-up
-            self.times[self.current].append(time.perf_counter() - self.started)
+        if self.index >= self.warmup and (self.index - self.warmup) % 2 == 1:  # a switch's first step is untimed
+            self.times[self.current].append(seconds)
         self.index += 1
         if self.index == len(self.plan):
             medians = {c: statistics.median(t) for c, t in self.times.items()}
-            default = next(iter(medians))
+            default = self.candidates[0]
             fastest = min(medians, key=medians.__getitem__)
             self.current = fastest if medians[fastest] < self.MARGIN * medians[default] else default
+            self.chosen_median = medians[self.current]
             torch.set_num_threads(self.current)
 
 
