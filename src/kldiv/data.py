@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "DATASETS",
+    "IMAGE_SHAPES",
     "ImageDataset",
     "batches",
     "binarize",
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 DATASETS = ("mnist", "digits")
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "digits": (1, 8, 8)}
+"""The shape ``(1, H, W)`` of one image of each dataset."""
 """The names :func:`load_dataset` accepts."""
 
 ENV_VAR = "KLDIV_DATA"
@@ -114,6 +117,15 @@ class ImageDataset:
         """``H * W``: the number of pixels of one image (784 for MNIST, 64 for digits)."""
         _, h, w = self.image_shape
         return h * w
+
+    def fingerprint(self, *, labels: bool = False) -> str:
+        """What the training set is, to tell at a resume that it is the same: its size and the SHA-256 of its
+        images (and, with ``labels``, of its labels)."""
+        digest = hashlib.sha256(self.train.contiguous().numpy().tobytes())
+        if labels:
+            digest.update(self.train_labels.contiguous().numpy().tobytes())
+        kind = "labelled images" if labels else "images"
+        return f"{self.train.shape[0]} {kind}, sha256 {digest.hexdigest()[:16]}"
 
     def __repr__(self) -> str:
         return (

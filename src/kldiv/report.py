@@ -44,6 +44,7 @@ __all__ = [
     "render_html",
     "render_markdown",
     "tour_sections",
+    "write_pngs",
     "write_report",
 ]
 
@@ -172,6 +173,18 @@ def png_bytes(fig: MplFigure, *, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
+
+
+def write_pngs(figures: Mapping[str, MplFigure], out_dir: Path) -> list[Path]:
+    """Write each figure as ``out_dir/<name>.png``, atomically (a reader never sees half a file)."""
+    from kldiv.runs.checkpoint import atomic_write_bytes
+
+    paths = []
+    for name, fig in figures.items():
+        path = out_dir / f"{name}.png"
+        atomic_write_bytes(path, png_bytes(fig))
+        paths.append(path)
+    return paths
 
 
 def format_cell(value: Cell) -> str:

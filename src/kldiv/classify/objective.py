@@ -17,14 +17,13 @@ with one regularizer ``R`` from :mod:`kldiv.losses` (every formula lives there):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from kldiv._inference import inference
 from kldiv.classify.model import Classifier
 from kldiv.losses import (
     confidence_penalty,
@@ -91,24 +90,12 @@ class Evaluation:
     bins: CalibrationBins
 
 
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` under ``torch.no_grad()``; the previous train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def predict_logits(model: Classifier, x: Tensor, *, batch_size: int = 1000) -> Tensor:
     """The logits ``(N, C)`` of images ``x`` ``(N, *image_shape)``, in eval mode without gradients, in batches."""
     model.check_images(x)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    with _inference(model):
+    with inference(model):
         return torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
 
 

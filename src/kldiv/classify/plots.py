@@ -12,8 +12,7 @@ from matplotlib.figure import Figure
 
 from kldiv.classify.objective import Evaluation
 from kldiv.metrics import CalibrationBins
-from kldiv.report import png_bytes
-from kldiv.runs import atomic_write_bytes
+from kldiv.report import write_pngs
 from kldiv.viz import new_figure
 
 __all__ = ["curves_figure", "reliability_figure", "write_figures"]
@@ -73,9 +72,4 @@ def write_figures(metrics: Sequence[dict[str, float]], test: Evaluation, out_dir
     figures = {"reliability": reliability_figure(test.bins, title="test set")}
     if metrics:
         figures["curves"] = curves_figure(metrics)
-    paths = []
-    for name, fig in figures.items():
-        path = out_dir / f"{name}.png"
-        atomic_write_bytes(path, png_bytes(fig))
-        paths.append(path)
-    return paths
+    return write_pngs(figures, out_dir)

@@ -8,7 +8,6 @@ resume, metrics file, progress bar and NaN stop from :mod:`kldiv.runs`. Training
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,9 +15,10 @@ from typing import Any
 
 import torch
 
+from kldiv._validate import validation
 from kldiv.classify.model import MODELS, Classifier, build_model
 from kldiv.classify.objective import REGULARIZERS, Evaluation, evaluate, regularized_loss
-from kldiv.data import DATASETS, ImageDataset, load_dataset
+from kldiv.data import DATASETS, IMAGE_SHAPES, ImageDataset
 from kldiv.metrics import accuracy
 from kldiv.runs import (
     OptionError,
@@ -27,15 +27,13 @@ from kldiv.runs import (
     RunOptions,
     TrainingLoop,
     load_checkpoint,
-    read_run,
-    saved_config,
     world,
 )
+from kldiv.runs import load_config as load_run_config
 from kldiv.runs import options as check
 
 COMMAND = "classify train"
 NUM_CLASSES = 10
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 # options a resume may change without changing the run (n_bins is not one: the ECE column would change meaning)
 VOLATILE = ("data_dir", "figures", "eval_batch_size", "epochs")
 # options that can never change within a run: the weights' shapes, the data and its order
@@ -131,25 +129,12 @@ class TrainResult:
 
 def load_data(config: TrainConfig) -> ImageDataset:
     """The configuration's dataset (errors name the option at fault)."""
-    try:
-        return load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
-    except (FileNotFoundError, ValueError) as e:
-        option = "val_size" if "val_size" in str(e) else "data_dir"
-        raise OptionError(option, str(e)) from None
+    return check.dataset(config.dataset, config.data_dir, val_size=config.val_size)
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The configuration the run's last checkpoint was trained with."""
-    info = read_run(run_dir)
-    if info.command != COMMAND:
-        raise ValueError(f"{run_dir} holds a run of `kldiv {info.command}`, not of `kldiv {COMMAND}`")
-    saved = saved_config(run_dir)
-    assert saved is not None  # run.json exists
-    config, where = saved
-    try:
-        return TrainConfig.from_dict(config)
-    except (OptionError, TypeError) as e:
-        raise ValueError(f"{where}: the run's configuration is invalid ({e})") from None
+    return load_run_config(run_dir, COMMAND, TrainConfig.from_dict)
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, Classifier]:
@@ -161,17 +146,9 @@ def load_trained(run_dir: str | Path) -> tuple[TrainConfig, Classifier]:
     return config, model
 
 
-def data_fingerprint(data: ImageDataset) -> str:
-    """What the training set is, to tell at a resume that it is the same: its size and the SHA-256 of its images
-    and labels."""
-    digest = hashlib.sha256(data.train.contiguous().numpy().tobytes())
-    digest.update(data.train_labels.contiguous().numpy().tobytes())
-    return f"{data.train.shape[0]} labelled images, sha256 {digest.hexdigest()[:16]}"
-
-
 def _run_rules(config: TrainConfig, data: ImageDataset) -> dict[str, Any]:
     """What the run layer needs to know of a classification run: its description and which options may change."""
-    return {"config": {**asdict(config), "data": data_fingerprint(data)}, "volatile": VOLATILE, "fixed": FIXED}
+    return {"config": {**asdict(config), "data": data.fingerprint(labels=True)}, "volatile": VOLATILE, "fixed": FIXED}
 
 
 def train(config: TrainConfig, options: RunOptions | None = None, *, data: ImageDataset | None = None) -> TrainResult:
@@ -205,7 +182,8 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
             for index in loop.batches():
                 x, y = data.train[index], data.train_labels[index]
                 logits = model(x)
-                terms = regularized_loss(logits, y, reg=config.reg, beta=config.beta, target=target, eps=config.eps)
+                with validation(False):  # the images were checked once; a non-finite loss stops training below
+                    terms = regularized_loss(logits, y, reg=config.reg, beta=config.beta, target=target, eps=config.eps)
                 loop.check_finite(terms.total, hint="Try a smaller learning rate.")
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()  # type: ignore[no-untyped-call]

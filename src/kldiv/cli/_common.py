@@ -112,6 +112,10 @@ AllowChange = Annotated[
         help="With --resume: let OPTION (e.g. lr) differ from the run's; recorded in run.json. Repeatable.",
     ),
 ]
+DataDir = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
+]
 CheckpointSteps = Annotated[int, typer.Option(help="Also checkpoint every N optimizer steps (0: at epoch ends).")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Threads = Annotated[

@@ -15,6 +15,7 @@ from rich.table import Table as RichTable
 from kldiv.cli._common import (
     AllowChange,
     CheckpointSteps,
+    DataDir,
     Out,
     Overwrite,
     Progress,
@@ -27,11 +28,6 @@ from kldiv.cli._common import (
 )
 
 app = typer.Typer(help="Classifiers with a KL regularizer of their predictions; accuracy, NLL and calibration.")
-
-DataDir = Annotated[
-    str | None,
-    typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
-]
 
 
 @app.command("train")

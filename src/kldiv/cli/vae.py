@@ -14,6 +14,7 @@ from rich.table import Table as RichTable
 from kldiv.cli._common import (
     AllowChange,
     CheckpointSteps,
+    DataDir,
     Out,
     Overwrite,
     Progress,
@@ -28,10 +29,6 @@ from kldiv.cli._common import (
 
 app = typer.Typer(help="Variational autoencoders: beta-VAE, KL schedules, free bits, IWAE evaluation.")
 
-DataDir = Annotated[
-    str | None,
-    typer.Option("--data-dir", help="Directory with the MNIST IDX files (.gz or raw); default: $KLDIV_DATA."),
-]
 RunDir = Annotated[Path, typer.Option("--run", help="A run directory of `kldiv vae train`.")]
 
 

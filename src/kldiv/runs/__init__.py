@@ -25,7 +25,16 @@ from kldiv.runs.errors import (
     TrainingFailedError,
 )
 from kldiv.runs.loop import METRICS_FILE, TrainingLoop, csv_bytes, flush_subnormal_state_
-from kldiv.runs.run import RUN_FILE, Run, RunInfo, RunOptions, option_text, read_run, saved_config
+from kldiv.runs.run import (
+    RUN_FILE,
+    Run,
+    RunInfo,
+    RunOptions,
+    load_config,
+    option_text,
+    read_run,
+    saved_config,
+)
 
 __all__ = [
     "METRICS_FILE",
@@ -46,6 +55,7 @@ __all__ = [
     "flush_subnormal_state_",
     "is_main_process",
     "load_checkpoint",
+    "load_config",
     "option_text",
     "read_checkpoint",
     "read_run",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
+from kldiv.data import ImageDataset, load_dataset
 from kldiv.runs.errors import OptionError
 
 MAX_SEED = 2**63 - 1 - 2**20  # room for the offsets a run adds to its seed (per epoch, per generator)
@@ -51,3 +52,12 @@ def choice(name: str, value: object, choices: Collection[str]) -> str:
         raise OptionError(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
     assert isinstance(value, str)
     return value
+
+
+def dataset(name: str, data_dir: str | None, *, val_size: int) -> ImageDataset:
+    """The dataset ``name`` (:func:`kldiv.data.load_dataset`); a missing or bad file raises :class:`OptionError`
+    naming ``data_dir``, a hold-out larger than the training set one naming ``val_size``."""
+    try:
+        return load_dataset(name, data_dir, val_size=val_size)
+    except (FileNotFoundError, ValueError) as e:
+        raise OptionError("val_size" if "val_size" in str(e) else "data_dir", str(e)) from None

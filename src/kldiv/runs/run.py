@@ -29,11 +29,11 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -58,6 +58,7 @@ RUN_FORMAT = "kldiv.run"
 RUN_FORMAT_VERSION = 1
 _START_FILES = {RUN_FILE, LOCK_FILE}  # all that a start leaves before its first checkpoint
 
+T = TypeVar("T")
 JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]
 
 
@@ -164,6 +165,21 @@ def saved_config(directory: str | Path) -> tuple[dict[str, JSONValue], Path] | N
     except FileNotFoundError:
         return None
     return info.config, info.path
+
+
+def load_config(directory: str | Path, command: str, build: Callable[[dict[str, Any]], T]) -> T:
+    """The configuration the run's last checkpoint was trained with, built by ``build``; raises ValueError when
+    the directory holds a run of another command or a configuration ``build`` rejects."""
+    info = read_run(directory)
+    if info.command != command:
+        raise ValueError(f"{directory} holds a run of `kldiv {info.command}`, not of `kldiv {command}`")
+    saved = saved_config(directory)
+    assert saved is not None  # run.json exists
+    config, where = saved
+    try:
+        return build(config)
+    except (OptionError, TypeError) as e:
+        raise ValueError(f"{where}: the run's configuration is invalid ({e})") from None
 
 
 def _json_config(config: Mapping[str, object]) -> dict[str, JSONValue]:

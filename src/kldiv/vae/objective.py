@@ -20,14 +20,13 @@ Inverse Autoregressive Flow", NeurIPS (free bits).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kldiv._inference import inference
 from kldiv._validate import check_scalar
 from kldiv.distributions.gaussian import kl_diag_gaussian_std_normal
 from kldiv.vae.model import VAE, check_images
@@ -89,18 +88,6 @@ def _check_count(name: str, value: int) -> int:
 def _check_nonempty(x: Tensor) -> None:
     if x.shape[0] == 0:
         raise ValueError(f"x must hold at least one image, got shape {tuple(x.shape)}")
-
-
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` under ``torch.no_grad()``; the previous train/eval mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _device(model: nn.Module, x: Tensor) -> torch.device:
@@ -219,7 +206,7 @@ def evaluate(model: VAE, x: Tensor, *, batch_size: int = 1000, generator: torch.
     reconstruction = torch.zeros((), dtype=torch.float64, device=device)
     kl_per_dim = torch.zeros(model.z_dim, dtype=torch.float64, device=device)
     means = []
-    with _inference(model):
+    with inference(model):
         for start in range(0, n, batch_size):
             xb = x[start : start + batch_size].to(device)
             decoded, mu, log_var = model(xb, generator=generator)
@@ -249,7 +236,7 @@ def active_units(model: VAE, x: Tensor, *, threshold: float = ACTIVE_THRESHOLD, 
     threshold = check_scalar("threshold", threshold, low=0.0)
     batch_size = _check_count("batch_size", batch_size)
     device = _device(model, x)
-    with _inference(model):
+    with inference(model):
         means = [model.encode(x[s : s + batch_size].to(device))[0] for s in range(0, x.shape[0], batch_size)]
     return _count_active(torch.cat(means), threshold)
 
@@ -287,7 +274,7 @@ def iwae_bound(
     bounds: list[Tensor] = []
     from tqdm.auto import tqdm
 
-    with _inference(model), tqdm(total=n, desc=f"IWAE-{k}", unit="img", disable=not progress) as bar:
+    with inference(model), tqdm(total=n, desc=f"IWAE-{k}", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             xb = x[start : start + batch_size].to(device)
             mu, log_var = model.encode(xb)

@@ -14,8 +14,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from kldiv.data import ImageDataset
-from kldiv.report import png_bytes
-from kldiv.runs import atomic_write_bytes
+from kldiv.report import write_pngs
 from kldiv.vae.model import VAE
 from kldiv.viz import new_figure
 
@@ -134,12 +133,7 @@ def write_figures(
         figures["curves"] = curves_figure(metrics)
     if model.z_dim == 2:
         figures["latent"] = latent_figure(model, data.test[:5000], data.test_labels[:5000])
-    paths = []
-    for name, fig in figures.items():
-        path = out_dir / f"{name}.png"
-        atomic_write_bytes(path, png_bytes(fig))
-        paths.append(path)
-    return paths
+    return write_pngs(figures, out_dir)
 
 
 def tradeoff_figure(rows: Sequence[dict[str, float]]) -> Figure:

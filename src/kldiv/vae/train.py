@@ -11,7 +11,6 @@ averaged gradient equals the single-process one on the same global batch.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,8 +20,9 @@ import torch
 from torch import nn
 
 from kldiv._validate import validation
-from kldiv.data import DATASETS, ImageDataset, binarize, load_dataset, shard
-from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint, read_run, saved_config
+from kldiv.data import DATASETS, IMAGE_SHAPES, ImageDataset, binarize, shard
+from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint
+from kldiv.runs import load_config as load_run_config
 from kldiv.runs import options as check
 from kldiv.schedules import Cyclical, Scaled, parse_schedule
 from kldiv.vae.model import VAE, build_model, check_images
@@ -106,38 +106,18 @@ class TrainResult:
 
 def load_data(config: TrainConfig) -> ImageDataset:
     """The configuration's dataset (errors name the option at fault)."""
-    try:
-        return load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
-    except (FileNotFoundError, ValueError) as e:
-        option = "val_size" if "val_size" in str(e) else "data_dir"
-        raise OptionError(option, str(e)) from None
+    return check.dataset(config.dataset, config.data_dir, val_size=config.val_size)
 
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The configuration the run's last checkpoint was trained with."""
-    info = read_run(run_dir)
-    if info.command != COMMAND:
-        raise ValueError(f"{run_dir} holds a run of `kldiv {info.command}`, not of `kldiv {COMMAND}`")
-    saved = saved_config(run_dir)
-    assert saved is not None  # run.json exists
-    config, where = saved
-    try:
-        return TrainConfig.from_dict(config)
-    except (OptionError, TypeError) as e:
-        raise ValueError(f"{where}: the run's configuration is invalid ({e})") from None
-
-
-def data_fingerprint(data: ImageDataset) -> str:
-    """What the training images are, to tell at a resume that they are the same: their count and SHA-256."""
-    digest = hashlib.sha256(data.train.contiguous().numpy().tobytes()).hexdigest()
-    return f"{data.train.shape[0]} images, sha256 {digest[:16]}"
+    return load_run_config(run_dir, COMMAND, TrainConfig.from_dict)
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VAE]:
     """The configuration and the model of a run, with the weights of its last checkpoint."""
     config = load_config(run_dir)
-    data_shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}[config.dataset]
-    model = build_model(config.model, data_shape, z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
+    model = build_model(config.model, IMAGE_SHAPES[config.dataset], z_dim=config.z_dim, likelihood=config.likelihood)  # type: ignore[arg-type]
     load_checkpoint(run_dir, model=model)
     model.eval()
     return config, model
@@ -147,7 +127,7 @@ def _run_rules(config: TrainConfig, data: ImageDataset) -> dict[str, Any]:
     """What the run layer needs to know of a VAE run: its description and which options may change."""
     spans_run = isinstance(config.kl_schedule(steps_per_epoch=1).schedule, Cyclical)
     return {
-        "config": {**asdict(config), "data": data_fingerprint(data)},
+        "config": {**asdict(config), "data": data.fingerprint()},
         "volatile": VOLATILE if spans_run else (*VOLATILE, "epochs"),
         "fixed": FIXED,
     }
