@@ -6,7 +6,9 @@ The models only map images ``(B, C, H, W)`` to logits ``(B, num_classes)``; the 
 - :class:`KLRegularizedCNN`: two 3x3 convolutions (32 and 64 channels, padding 1), each followed by a ReLU and a
   2x2 max-pool, then a 256-unit hidden layer. The flatten size is ``64 * (H // 4) * (W // 4)``: 3136 for 28x28
   MNIST (the tutorial's ``7 * 7 * 64``), 256 for 8x8 digits.
-- :class:`MLPClassifier`: a fully connected network (a small student for distillation).
+- :class:`MLPClassifier`: a fully connected network (a small student for distillation). With one hidden layer of
+  :data:`STUDENT_HIDDEN` units it has about a tenth of the CNN's parameters: 784-100-10 has 79,510 against the
+  CNN's 824,458 on 28x28 MNIST (10.4x); 64-116-10 has 8,710 against 87,178 on the 8x8 digits (10.0x).
 """
 
 from __future__ import annotations
@@ -15,10 +17,23 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "Classifier", "KLRegularizedCNN", "MLPClassifier", "build_model"]
+__all__ = [
+    "MODELS",
+    "STUDENT_HIDDEN",
+    "Classifier",
+    "KLRegularizedCNN",
+    "MLPClassifier",
+    "build_model",
+    "parameter_count",
+]
 
 MODELS = ("cnn", "mlp")
 """The names :func:`build_model` accepts."""
+
+STUDENT_HIDDEN: dict[tuple[int, int, int], int] = {(1, 28, 28): 100, (1, 8, 8): 116}
+"""The default hidden width of the MLP per image shape: about a tenth of the CNN's parameters."""
+DEFAULT_HIDDEN = 128
+"""The MLP's hidden width for other image shapes."""
 
 
 def _check_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -114,10 +129,21 @@ class MLPClassifier(Classifier):
         return self.net(x)  # type: ignore[no-any-return]
 
 
-def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int = 10) -> Classifier:
-    """The classifier called ``name`` (one of :data:`MODELS`) for images of ``image_shape``."""
+def parameter_count(model: nn.Module) -> int:
+    """The number of trainable scalars of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(
+    name: str, image_shape: tuple[int, int, int], num_classes: int = 10, *, hidden: int | None = None
+) -> Classifier:
+    """The classifier called ``name`` (one of :data:`MODELS`) for images of ``image_shape``; ``hidden`` is the
+    MLP's one hidden width (default: :data:`STUDENT_HIDDEN` for the shape, else 128) and is refused for the CNN."""
     if name == "cnn":
+        if hidden is not None:
+            raise ValueError(f"hidden is a width of the 'mlp' model; the CNN has fixed widths, got hidden={hidden!r}")
         return KLRegularizedCNN(image_shape, num_classes)
     if name == "mlp":
-        return MLPClassifier(image_shape, num_classes)
+        width = STUDENT_HIDDEN.get(image_shape, DEFAULT_HIDDEN) if hidden is None else hidden
+        return MLPClassifier(image_shape, num_classes, hidden=(width,))
     raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {name!r}")

@@ -13,6 +13,14 @@ with one regularizer ``R`` from :mod:`kldiv.losses` (every formula lives there):
 ``label-smoothing``    the loss is ``(1 - eps) CE(y, p) + eps CE(U, p)`` (Szegedy et al. 2016); ``R`` is
                        what it adds to ``CE(y, p)``
 =====================  ==================================================================================
+
+A distilled student replaces the regularized loss with Hinton's (:func:`distilled_loss`):
+
+    loss = alpha T^2 KL(P_T || Q_T) + (1 - alpha) CE(y, q)       P_T = softmax(teacher / T), Q_T = softmax(logits / T)
+
+from :func:`kldiv.losses.distillation_loss`. The ``T^2`` keeps the gradient of the soft term on the scale of the
+hard one: the gradient of ``KL(P_T || Q_T)`` in the logits is ``(Q_T - P_T) / T``, and for large ``T`` the
+difference ``Q_T - P_T`` itself shrinks like ``1 / T`` (Hinton, Vinyals & Dean 2015, section 2.1).
 """
 
 from __future__ import annotations
@@ -27,13 +35,23 @@ from kldiv._inference import inference
 from kldiv.classify.model import Classifier
 from kldiv.losses import (
     confidence_penalty,
+    distillation_loss,
+    forward_kl,
     kl_target_to_model,
     label_smoothing_loss,
     marginal_kl_to_uniform,
 )
 from kldiv.metrics import CalibrationBins, accuracy, brier_score, calibration_bins, negative_log_likelihood
 
-__all__ = ["REGULARIZERS", "Evaluation", "LossTerms", "evaluate", "predict_logits", "regularized_loss"]
+__all__ = [
+    "REGULARIZERS",
+    "Evaluation",
+    "LossTerms",
+    "distilled_loss",
+    "evaluate",
+    "predict_logits",
+    "regularized_loss",
+]
 
 REGULARIZERS = ("none", "kl-uniform", "kl-target", "confidence", "label-smoothing")
 """The names :func:`regularized_loss` accepts."""
@@ -41,11 +59,13 @@ REGULARIZERS = ("none", "kl-uniform", "kl-target", "confidence", "label-smoothin
 
 @dataclass(frozen=True)
 class LossTerms:
-    """A batch's loss ``total = cross_entropy + regularizer`` (scalars; ``total`` carries the gradient)."""
+    """A batch's loss ``total = cross_entropy + regularizer`` (scalars; ``total`` carries the gradient). A
+    distilled loss also reports ``teacher_kl``, ``KL(P_T || Q_T)`` without its weight (no gradient)."""
 
     total: Tensor
     cross_entropy: Tensor
     regularizer: Tensor
+    teacher_kl: Tensor | None = None
 
 
 def regularized_loss(
@@ -76,6 +96,21 @@ def regularized_loss(
     else:
         raise ValueError(f"reg must be one of {', '.join(map(repr, REGULARIZERS))}, got {reg!r}")
     return LossTerms(cross_entropy + term, cross_entropy, term)
+
+
+def distilled_loss(
+    logits: Tensor, labels: Tensor, teacher_logits: Tensor, *, alpha: float, temperature: float
+) -> LossTerms:
+    """Hinton's loss ``alpha T^2 KL(P_T || Q_T) + (1 - alpha) CE(y, q)`` of the student's ``logits`` ``(B, C)``
+    against the teacher's ``teacher_logits`` ``(B, C)`` and the ``labels`` ``(B,)`` (batch means; see the module
+    docstring), by :func:`kldiv.losses.distillation_loss`. ``regularizer`` is what it adds to ``CE(y, q)``;
+    ``teacher_kl`` is ``KL(P_T || Q_T)`` alone. Reference: Hinton, Vinyals & Dean (2015), "Distilling the
+    knowledge in a neural network"."""
+    total = distillation_loss(logits, teacher_logits, labels, alpha=alpha, temperature=temperature)
+    cross_entropy = F.cross_entropy(logits, labels)
+    with torch.no_grad():
+        teacher_kl = forward_kl(logits, teacher_logits, temperature=temperature)
+    return LossTerms(total, cross_entropy, total - cross_entropy, teacher_kl)
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,36 @@
-"""Training a regularized classifier, top to bottom: data, model, loss, the loop, evaluation, figures.
+"""Training a regularized or distilled classifier, top to bottom: data, model, loss, the loop, evaluation, figures.
 
 The loss is the cross-entropy plus one regularizer of the predictive distribution (:mod:`kldiv.classify.objective`,
 whose formulas all come from :mod:`kldiv.losses`); by default the tutorial's: ``beta KL(pbar || U)`` of the
-batch-average prediction. The metrics come from :mod:`kldiv.metrics`; the run directory, checkpoints, exact
-resume, metrics file, progress bar and NaN stop from :mod:`kldiv.runs`. Training runs in one process.
+batch-average prediction. Given a ``teacher`` (the run directory of another classification run), the loss is
+instead Hinton's distillation loss against the teacher's logits on the training images, computed once, in eval
+mode, before training; a regularizer cannot be added to it. ``train_fraction`` trains on a class-stratified random
+subset of the training set drawn from the seed (:func:`training_subset`), the same for every run of that seed.
+The metrics come from :mod:`kldiv.metrics`; the run directory, checkpoints, exact resume, metrics file, progress
+bar and NaN stop from :mod:`kldiv.runs`. Training runs in one process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kldiv._validate import validation
-from kldiv.classify.model import MODELS, Classifier, build_model
-from kldiv.classify.objective import REGULARIZERS, Evaluation, evaluate, regularized_loss
+from kldiv.classify.model import DEFAULT_HIDDEN, MODELS, STUDENT_HIDDEN, Classifier, build_model
+from kldiv.classify.objective import (
+    REGULARIZERS,
+    Evaluation,
+    LossTerms,
+    distilled_loss,
+    evaluate,
+    predict_logits,
+    regularized_loss,
+)
 from kldiv.data import DATASETS, IMAGE_SHAPES, ImageDataset
 from kldiv.metrics import accuracy
 from kldiv.runs import (
@@ -27,6 +40,8 @@ from kldiv.runs import (
     RunOptions,
     TrainingLoop,
     load_checkpoint,
+    option_text,
+    saved_config,
     world,
 )
 from kldiv.runs import load_config as load_run_config
@@ -35,9 +50,13 @@ from kldiv.runs import options as check
 COMMAND = "classify train"
 NUM_CLASSES = 10
 # options a resume may change without changing the run (n_bins is not one: the ECE column would change meaning)
-VOLATILE = ("data_dir", "figures", "eval_batch_size", "epochs")
-# options that can never change within a run: the weights' shapes, the data and its order
-FIXED = ("dataset", "data", "val_size", "batch_size", "model", "seed")
+# (the teacher's directory may move: its weights, ``teacher_weights``, are what the run depends on)
+VOLATILE = ("data_dir", "figures", "eval_batch_size", "epochs", "teacher")
+# options that can never change within a run: the weights' shapes, the data and its order, the teacher
+FIXED = ("dataset", "data", "val_size", "train_fraction", "batch_size", "model", "hidden", "seed", "teacher_weights")
+DEFAULT_TEMPERATURE = 4.0
+DEFAULT_ALPHA = 0.9
+SUBSET_SEED_OFFSET = 2  # the subset's generator: seed + 2 (the model's initialization and data order use seed)
 _SUM_TOLERANCE = 1e-6
 
 
@@ -70,7 +89,8 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "cnn"
-    reg: str = "kl-uniform"
+    hidden: int | None = None
+    reg: str | None = None
     beta: float = 0.1
     target: str | None = None
     eps: float = 0.1
@@ -82,10 +102,26 @@ class TrainConfig:
     figures: bool = True
     eval_batch_size: int = 1000
     n_bins: int = 15
+    train_fraction: float = 1.0
+    teacher: str | None = None
+    temperature: float | None = None
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         check.choice("dataset", self.dataset, DATASETS)
         check.choice("model", self.model, MODELS)
+        if self.hidden is not None:
+            check.integer("hidden", self.hidden, low=1)
+            if self.model != "mlp":
+                raise OptionError("hidden", f"is the width of model 'mlp'; the {self.model!r} model's are fixed")
+        elif self.model == "mlp":
+            object.__setattr__(self, "hidden", STUDENT_HIDDEN.get(IMAGE_SHAPES[self.dataset], DEFAULT_HIDDEN))
+        object.__setattr__(
+            self,
+            "train_fraction",
+            check.number("train_fraction", self.train_fraction, low=0.0, low_open=True, high=1.0),
+        )
+        self._check_teacher()
         check.choice("reg", self.reg, REGULARIZERS)
         for name in ("epochs", "batch_size", "eval_batch_size", "n_bins"):
             check.integer(name, getattr(self, name), low=1)
@@ -106,6 +142,30 @@ class TrainConfig:
             raise OptionError("figures", "must be True or False")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise OptionError("data_dir", f"must be a path, got {self.data_dir!r}")
+
+    def _check_teacher(self) -> None:
+        """With a teacher: reg 'none' (the default), temperature > 0 and alpha in [0, 1] (defaults 4 and 0.9).
+        Without: the default reg 'kl-uniform', and no temperature or alpha."""
+        if self.teacher is None:
+            for name in ("temperature", "alpha"):
+                if getattr(self, name) is not None:
+                    raise OptionError(name, "is only used with a teacher (--teacher, a run of `kldiv classify train`)")
+            object.__setattr__(self, "reg", "kl-uniform" if self.reg is None else self.reg)
+            return
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise OptionError("teacher", f"must be the path of a run directory, got {self.teacher!r}")
+        if self.reg not in (None, "none"):
+            raise OptionError(
+                "reg",
+                f"{self.reg!r} cannot be combined with a teacher: the distilled loss already replaces the labels' "
+                "cross-entropy by a mixture with the teacher's soft targets; give reg 'none' (the default with a "
+                "teacher)",
+            )
+        object.__setattr__(self, "reg", "none")
+        temperature = DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
+        alpha = DEFAULT_ALPHA if self.alpha is None else self.alpha
+        object.__setattr__(self, "temperature", check.number("temperature", temperature, low=0.0, low_open=True))
+        object.__setattr__(self, "alpha", check.number("alpha", alpha, low=0.0, high=1.0))
 
     def target_probs(self) -> torch.Tensor | None:
         """The target distribution of ``kl-target`` as a float32 tensor ``(C,)``, else ``None``."""
@@ -140,33 +200,141 @@ def load_config(run_dir: str | Path) -> TrainConfig:
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, Classifier]:
     """The configuration and the model of a run, with the weights of its last checkpoint, in eval mode."""
     config = load_config(run_dir)
-    model = build_model(config.model, IMAGE_SHAPES[config.dataset], NUM_CLASSES)
+    model = build_model(config.model, IMAGE_SHAPES[config.dataset], NUM_CLASSES, hidden=config.hidden)
     load_checkpoint(run_dir, model=model)
     model.eval()
     return config, model
 
 
-def _run_rules(config: TrainConfig, data: ImageDataset) -> dict[str, Any]:
-    """What the run layer needs to know of a classification run: its description and which options may change."""
-    return {"config": {**asdict(config), "data": data.fingerprint(labels=True)}, "volatile": VOLATILE, "fixed": FIXED}
+def training_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """The sorted indices of a class-stratified random subset of the images with ``labels``: from each class with
+    ``n_c`` images, ``max(1, round(fraction * n_c))`` drawn without replacement (classes in increasing order, one
+    ``randperm`` each, from a generator seeded with ``seed + SUBSET_SEED_OFFSET``); every index when ``fraction``
+    is 1. Two runs of the same seed and fraction get the same subset, whatever else differs."""
+    if fraction == 1.0:
+        return torch.arange(labels.shape[0])
+    generator = torch.Generator().manual_seed(seed + SUBSET_SEED_OFFSET)
+    chosen = []
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().flatten()
+        take = max(1, round(fraction * members.shape[0]))
+        chosen.append(members[torch.randperm(members.shape[0], generator=generator)[:take]])
+    return torch.cat(chosen).sort().values
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """What a model's weights are, to tell a teacher from another: the SHA-256 of its state dict (every entry's
+    name, dtype, shape and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(f"{name} {value.dtype} {tuple(value.shape)}\n".encode())
+        digest.update(value.detach().contiguous().cpu().numpy().tobytes())
+    return f"sha256 {digest.hexdigest()[:16]}"
+
+
+def load_teacher(config: TrainConfig) -> tuple[Classifier, str] | None:
+    """The teacher of a distilled run (its model in eval mode, and its weights' fingerprint), or ``None``.
+    Raises :class:`OptionError` naming ``teacher`` when it is not a classification run of the same dataset."""
+    if config.teacher is None:
+        return None
+    try:
+        teacher_config, model = load_trained(config.teacher)
+    except (FileNotFoundError, ValueError, RunError) as e:
+        raise OptionError("teacher", str(e)) from None
+    if teacher_config.dataset != config.dataset:
+        raise OptionError(
+            "teacher", f"{config.teacher} was trained on {teacher_config.dataset!r}, this run uses {config.dataset!r}"
+        )
+    return model, weights_fingerprint(model)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A run's training data (the subset), its teacher, and what the run layer is told."""
+
+    data: ImageDataset
+    teacher: Classifier | None
+    rules: dict[str, Any]
+
+
+def _prepare(config: TrainConfig, data: ImageDataset | None) -> _Prepared:
+    data = data if data is not None else load_data(config)
+    if data.train.shape[0] == 0:
+        raise OptionError("val_size", f"leaves no training images (the dataset has {data.val.shape[0]})")
+    index = training_subset(data.train_labels, config.train_fraction, config.seed)
+    data = replace(data, train=data.train[index], train_labels=data.train_labels[index])
+    teacher = load_teacher(config)
+    run_config = {
+        **asdict(config),
+        "data": data.fingerprint(labels=True),
+        "teacher_weights": None if teacher is None else teacher[1],
+    }
+    rules = {"config": run_config, "volatile": VOLATILE, "fixed": FIXED}
+    return _Prepared(data, None if teacher is None else teacher[0], rules)
+
+
+def _check_same_teacher(prepared: _Prepared, options: RunOptions) -> None:
+    """On a resume, refuse a teacher whose weights differ from the ones the run was distilled from."""
+    if not options.resume:
+        return
+    saved = saved_config(options.out)
+    if saved is None:
+        return
+    before, now = saved[0].get("teacher_weights"), prepared.rules["config"]["teacher_weights"]
+    if before != now:
+
+        def describe(weights: object) -> str:
+            return "no teacher" if weights is None else f"a teacher with weights {weights}"
+
+        teacher = option_text("teacher", options.cli)
+        raise RunError(
+            f"resuming {options.out} would change the teacher: the run was trained with {describe(before)} "
+            f"(see {saved[1]}), this one has {describe(now)}. The teacher cannot change within a run: pass the "
+            f"run's own {teacher}, or start a new run with another {option_text('out', options.cli)}"
+        )
+
+
+def check_run(config: TrainConfig, options: RunOptions, *, data: ImageDataset | None = None) -> None:
+    """Raise what :func:`train` would raise about its options, teacher and run directory, without training or
+    writing anything."""
+    prepared = _prepare(config, data)
+    _check_same_teacher(prepared, options)
+    Run.check(options, command=COMMAND, **prepared.rules)
 
 
 def train(config: TrainConfig, options: RunOptions | None = None, *, data: ImageDataset | None = None) -> TrainResult:
     """Train (or, with ``options.resume``, continue) a classifier in the run directory ``options.out`` (default
-    ``runs/classify``); see :mod:`kldiv.runs` for the rules of the directory and the guarantees of resume."""
+    ``runs/classify``); see :mod:`kldiv.runs` for the rules of the directory and the guarantees of resume.
+    ``data`` is the whole dataset (``train_fraction`` selects the subset here)."""
     options = options or RunOptions(out="runs/classify")
-    data = data if data is not None else load_data(config)
+    prepared = _prepare(config, data)
+    data, teacher = prepared.data, prepared.teacher
     n = data.train.shape[0]
-    if n == 0:
-        raise OptionError("val_size", f"leaves no training images (the dataset has {data.val.shape[0]})")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, data.image_shape, NUM_CLASSES)
+    model = build_model(config.model, data.image_shape, NUM_CLASSES, hidden=config.hidden)
     model.check_images(data.train, "the training images")
     target = config.target_probs()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     if world()[1] > 1:
         raise RunError("kldiv classify train runs in one process; start it without torchrun")
-    with Run.open(options, command=COMMAND, **_run_rules(config, data)) as run:
+    _check_same_teacher(prepared, options)
+    with Run.open(options, command=COMMAND, **prepared.rules) as run:
+        # the teacher's predictions on the training images, once: eval mode (no dropout, fixed statistics)
+        teacher_logits = (
+            None if teacher is None else predict_logits(teacher, data.train, batch_size=config.eval_batch_size)
+        )
+
+        def loss_of(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> LossTerms:
+            if teacher_logits is not None:
+                assert config.alpha is not None  # both are set with a teacher
+                assert config.temperature is not None
+                return distilled_loss(
+                    logits, y, teacher_logits[index], alpha=config.alpha, temperature=config.temperature
+                )
+            return regularized_loss(
+                logits, y, reg=config.reg or "none", beta=config.beta, target=target, eps=config.eps
+            )
+
         loop = TrainingLoop(
             run,
             model=model,
@@ -183,19 +351,21 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
                 x, y = data.train[index], data.train_labels[index]
                 logits = model(x)
                 with validation(False):  # the images were checked once; a non-finite loss stops training below
-                    terms = regularized_loss(logits, y, reg=config.reg, beta=config.beta, target=target, eps=config.eps)
+                    terms = loss_of(logits, y, index)
                 loop.check_finite(terms.total, hint="Try a smaller learning rate.")
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 with torch.no_grad():
                     size = x.shape[0]
+                    extra = {} if terms.teacher_kl is None else {"train_teacher_kl": terms.teacher_kl * size}
                     loop.accumulate(
                         size,
                         train_loss=terms.total.detach() * size,
                         train_ce=terms.cross_entropy.detach() * size,
                         train_reg=terms.regularizer.detach() * size,
                         train_accuracy=accuracy(logits.detach(), y) * size,
+                        **extra,
                     )
                 loop.show(loss=terms.total)
             held_out = data.val.shape[0] > 0

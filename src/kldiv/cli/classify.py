@@ -36,14 +36,21 @@ def train_command(
     dataset: Annotated[str, typer.Option(help="'digits' (embedded, 8x8) or 'mnist' (needs --data-dir).")] = "digits",
     data_dir: DataDir = None,
     model: Annotated[str, typer.Option(help="'cnn' (the tutorial's) or 'mlp' (a small fully connected net).")] = "cnn",
+    hidden: Annotated[
+        int | None,
+        typer.Option(
+            help="Hidden width of --model mlp (default: about a tenth of the CNN's parameters: 100 on MNIST, 116 on "
+            "the digits)."
+        ),
+    ] = None,
     reg: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Regularizer added to the cross-entropy: none | kl-uniform (beta KL(batch-average prediction || "
             "uniform), the tutorial's) | kl-target (beta KL(target || prediction)) | confidence (-beta entropy) | "
-            "label-smoothing (with --eps)."
+            "label-smoothing (with --eps). Default: kl-uniform; none with --teacher (they do not combine)."
         ),
-    ] = "kl-uniform",
+    ] = None,
     beta: Annotated[float, typer.Option(help="Weight of the kl-uniform, kl-target and confidence terms.")] = 0.1,
     target: Annotated[
         str | None,
@@ -57,6 +64,25 @@ def train_command(
         int, typer.Option(help="Training images held out for per-epoch evaluation (0: evaluate on the test set).")
     ] = 0,
     n_bins: Annotated[int, typer.Option(help="Confidence bins of the expected calibration error.")] = 15,
+    train_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Train on this fraction in (0, 1] of the training set: a class-stratified subset drawn from --seed."
+        ),
+    ] = 1.0,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distill from this run of `kldiv classify train`: the loss becomes alpha T^2 KL(teacher_T || "
+            "model_T) + (1 - alpha) CE, with the teacher's logits computed once in eval mode."
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="With --teacher: the temperature T > 0 (default 4).")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="With --teacher: the weight in [0, 1] of the teacher term (default 0.9).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     figures: Annotated[bool, typer.Option(help="Write curves.png and reliability.png.")] = True,
     out: Out = Path("runs/classify"),
@@ -68,6 +94,7 @@ def train_command(
     threads: Threads = "auto",
 ) -> None:
     """Train a classifier; writes run.json, metrics.csv, checkpoints (safetensors) and figures into --out."""
+    from kldiv.classify.model import parameter_count
     from kldiv.classify.train import TrainConfig, train
 
     options = run_options(
@@ -83,6 +110,7 @@ def train_command(
         "dataset": dataset,
         "data_dir": data_dir,
         "model": model,
+        "hidden": hidden,
         "reg": reg,
         "beta": beta,
         "target": target,
@@ -94,14 +122,18 @@ def train_command(
         "n_bins": n_bins,
         "seed": seed,
         "figures": figures,
+        "train_fraction": train_fraction,
+        "teacher": None if teacher is None else str(teacher),
+        "temperature": temperature,
+        "alpha": alpha,
     }
     config = resolve_config(ctx, values, options, TrainConfig)
     with user_errors():
         result = train(config, options)
     t = result.test
     console().print(
-        f"test: accuracy {t.accuracy:.4f}, NLL {t.nll:.4f} nats, ECE {t.ece:.4f}, Brier {t.brier:.4f}. "
-        f"Wrote {result.out_dir}."
+        f"test: accuracy {t.accuracy:.4f}, NLL {t.nll:.4f} nats, ECE {t.ece:.4f}, Brier {t.brier:.4f} "
+        f"({config.model}, {parameter_count(result.model):,} parameters). Wrote {result.out_dir}."
     )
 
 

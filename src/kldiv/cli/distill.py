@@ -1,0 +1,127 @@
+"""`kldiv distill`: a CNN teacher, and per seed a label-only and a distilled MLP student, compared (thin: parse,
+call :mod:`kldiv.classify.distill`, print)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table as RichTable
+
+from kldiv.cli._common import DataDir, Overwrite, Progress, console, fail, run_options, user_errors
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    values = []
+    for i, part in enumerate(text.split(",")):
+        try:
+            values.append(int(part.strip()))
+        except ValueError:
+            raise fail(f"--seeds: entry {i} is {part.strip()!r}, not an integer (e.g. --seeds 0,1,2)") from None
+    return tuple(values)
+
+
+def _mean_std(stats: dict[str, Any], digits: int = 4) -> str:
+    std = stats["std"]
+    return f"{stats['mean']:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def distill(
+    dataset: Annotated[str, typer.Option(help="'digits' (embedded, 8x8) or 'mnist' (needs --data-dir).")] = "digits",
+    data_dir: DataDir = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distill from this run of `kldiv classify train` instead of training a teacher in OUT/teacher."
+        ),
+    ] = None,
+    teacher_epochs: Annotated[
+        int, typer.Option(help="Epochs of the CNN teacher, trained on the whole training set.")
+    ] = 10,
+    student_epochs: Annotated[int, typer.Option(help="Epochs of each student.")] = 30,
+    temperature: Annotated[float, typer.Option(help="Temperature T > 0 of the soft targets.")] = 4.0,
+    alpha: Annotated[
+        float, typer.Option(help="Weight in [0, 1] of the teacher term; 1 - alpha weighs the labels' term.")
+    ] = 0.9,
+    train_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Fraction in (0, 1] of the training set the students see (class-stratified, drawn from the seed; "
+            "the same for both students of a seed). The teacher always trains on the whole set (unless --teacher)."
+        ),
+    ] = 1.0,
+    hidden: Annotated[
+        int | None,
+        typer.Option(
+            help="Hidden width of the MLP students (default: about a tenth of the CNN's parameters: 100 on MNIST, "
+            "116 on the digits)."
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated student seeds (two students each).")] = "0,1,2",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory of the runs, summary.json and accuracy.png.")
+    ] = Path("runs/distill"),
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the unfinished runs in --out and start the missing ones; finished runs are kept."
+        ),
+    ] = False,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """Knowledge distillation measured: test accuracy, NLL and ECE of label-only and distilled MLP students.
+
+    Trains the tutorial's CNN as the teacher (in OUT/teacher), then for each seed an MLP with about a tenth of its
+    parameters twice: on the labels alone (OUT/labels-seedS) and with Hinton's loss alpha T^2 KL(teacher_T ||
+    student_T) + (1 - alpha) CE (OUT/distilled-seedS). Both students of a seed see the same images in the same
+    order from the same initial weights. Each run is an ordinary `kldiv classify train` run.
+    """
+    from kldiv.classify.distill import DistillConfig
+    from kldiv.classify.distill import distill as run_distill
+    from kldiv.runs import options as check
+
+    options = run_options(out, resume=resume, overwrite=overwrite, allow_change=None, progress=progress)
+    with user_errors():
+        config = DistillConfig(
+            dataset=dataset,
+            data_dir=data_dir,
+            teacher=None if teacher is None else str(teacher),
+            teacher_epochs=teacher_epochs,
+            student_epochs=student_epochs,
+            temperature=temperature,
+            alpha=alpha,
+            train_fraction=train_fraction,
+            hidden=hidden,
+            seeds=_seeds(seeds),
+            batch_size=batch_size,
+            lr=lr,
+        )
+        data = check.dataset(config.dataset, config.data_dir, val_size=0)
+        result = run_distill(config, options, data=data)
+    s = result.summary
+    n = len(s["seeds"])
+    table = RichTable(
+        title=f"distillation on {s['dataset']}: test set, {n} seed{'s' if n > 1 else ''} (mean ± sample std), "
+        f"students on {s['train_fraction']:g} of the training set, T = {s['temperature']:g}, alpha = {s['alpha']:g}",
+        title_justify="left",
+    )
+    for column in ("model", "parameters", "accuracy", "NLL (nats)", "ECE"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    t = s["teacher"]
+    table.add_row("teacher (CNN)", f"{t['parameters']:,}", f"{t['accuracy']:.4f}", f"{t['nll']:.4f}", f"{t['ece']:.4f}")
+    params = f"{s['student']['parameters']:,}"
+    for key, name in (("labels", "label-only student (MLP)"), ("distilled", "distilled student (MLP)")):
+        row = s[key]
+        table.add_row(name, params, _mean_std(row["accuracy"]), _mean_std(row["nll"]), _mean_std(row["ece"]))
+    console().print(table)
+    d = s["accuracy_difference"]
+    spread = "" if d["std"] is None else f" ± {d['std']:.4f} (sample std of the paired differences)"
+    ratio = "" if d["in_std"] is None else f", {d['in_std']:+.2f} std"
+    console().print(
+        f"distilled − label-only accuracy: {d['mean']:+.4f}{spread}{ratio}. Teacher/student parameters: "
+        f"{s['student']['teacher_to_student']:.1f}x. Wrote {result.out_dir}/summary.json and accuracy.png."
+    )
