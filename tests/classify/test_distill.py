@@ -264,3 +264,12 @@ def test_kldiv_distill_writes_its_summary_and_resume_keeps_finished_runs(tmp_pat
     again = json.loads((out / "summary.json").read_text())
     for kind in ("labels", "distilled"):  # the same runs again (test accuracies are counts of 297 images)
         assert again[kind]["accuracy"]["values"] == summary[kind]["accuracy"]["values"]
+
+
+def test_the_tour_section_comes_after_the_vae() -> None:
+    from kldiv.report import tour_sections
+    from kldiv.tour import import_section_modules
+
+    import_section_modules()
+    names = tour_sections.names()
+    assert names.index("distill") > names.index("vae")

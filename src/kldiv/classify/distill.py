@@ -26,13 +26,21 @@ from matplotlib.figure import Figure
 
 from kldiv.classify.model import Classifier, parameter_count
 from kldiv.classify.objective import Evaluation, evaluate
-from kldiv.classify.train import TrainConfig, check_run, load_trained, train
+from kldiv.classify.train import TrainConfig, check_run, load_trained, train, training_subset
 from kldiv.data import ImageDataset
 from kldiv.runs import OptionError, RunOptions, atomic_write_bytes, read_checkpoint
 from kldiv.runs import options as check
 from kldiv.runs.checkpoint import has_checkpoint
 
-__all__ = ["DistillConfig", "DistillResult", "accuracy_figure", "distill", "student_config", "teacher_config"]
+__all__ = [
+    "DistillConfig",
+    "DistillResult",
+    "accuracy_figure",
+    "distill",
+    "mean_std_text",
+    "student_config",
+    "teacher_config",
+]
 
 SUMMARY_FILE = "summary.json"
 FIGURE_NAME = "accuracy"
@@ -163,6 +171,12 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"values": list(values), "mean": statistics.fmean(values), "std": std}
 
 
+def mean_std_text(stats: dict[str, Any], digits: int = 4) -> str:
+    """``mean ± std`` of a summary entry (the mean alone when there is one seed)."""
+    std = stats["std"]
+    return f"{stats['mean']:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
 def _student_summary(evaluations: Sequence[Evaluation]) -> dict[str, Any]:
     return {key: _stats([getattr(e, key) for e in evaluations]) for key in ("accuracy", "nll", "ece", "brier")}
 
@@ -173,6 +187,7 @@ def summarize(
     student: Classifier,
     labels: Sequence[Evaluation],
     distilled: Sequence[Evaluation],
+    train_images: int,
 ) -> dict[str, Any]:
     """The numbers of ``summary.json`` (see the module docstring)."""
     teacher_model, teacher_test, teacher_run = teacher
@@ -195,7 +210,11 @@ def summarize(
             "ece": teacher_test.ece,
             "brier": teacher_test.brier,
         },
-        "student": {"parameters": student_params, "teacher_to_student": teacher_params / student_params},
+        "student": {
+            "parameters": student_params,
+            "teacher_to_student": teacher_params / student_params,
+            "train_images": train_images,
+        },
         "labels": _student_summary(labels),
         "distilled": _student_summary(distilled),
         "accuracy_difference": difference,
@@ -255,7 +274,10 @@ def distill(config: DistillConfig, options: RunOptions, *, data: ImageDataset | 
         config_d = student_config(config, seed, teacher=str(teacher_run))
         distilled.append(_train_or_load(config_d, at[f"distilled-seed{seed}"], data)[1])
     assert student is not None  # there is at least one seed
-    summary = summarize(config, (teacher_model, teacher_test, str(teacher_run)), student, labels, distilled)
+    train_images = training_subset(data.train_labels, config.train_fraction, config.seeds[0]).shape[0]
+    summary = summarize(
+        config, (teacher_model, teacher_test, str(teacher_run)), student, labels, distilled, train_images
+    )
     atomic_write_bytes(out / SUMMARY_FILE, (json.dumps(_finite_or_null(summary), indent=2) + "\n").encode())
     from kldiv.report import write_pngs
 

@@ -314,7 +314,7 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
     model = build_model(config.model, data.image_shape, NUM_CLASSES, hidden=config.hidden)
     model.check_images(data.train, "the training images")
     target = config.target_probs()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all tensors
     if world()[1] > 1:
         raise RunError("kldiv classify train runs in one process; start it without torchrun")
     _check_same_teacher(prepared, options)

@@ -4,7 +4,7 @@ call :mod:`kldiv.classify.distill`, print)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table as RichTable
@@ -20,11 +20,6 @@ def _seeds(text: str) -> tuple[int, ...]:
         except ValueError:
             raise fail(f"--seeds: entry {i} is {part.strip()!r}, not an integer (e.g. --seeds 0,1,2)") from None
     return tuple(values)
-
-
-def _mean_std(stats: dict[str, Any], digits: int = 4) -> str:
-    std = stats["std"]
-    return f"{stats['mean']:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
 def distill(
@@ -80,7 +75,7 @@ def distill(
     student_T) + (1 - alpha) CE (OUT/distilled-seedS). Both students of a seed see the same images in the same
     order from the same initial weights. Each run is an ordinary `kldiv classify train` run.
     """
-    from kldiv.classify.distill import DistillConfig
+    from kldiv.classify.distill import DistillConfig, mean_std_text
     from kldiv.classify.distill import distill as run_distill
     from kldiv.runs import options as check
 
@@ -116,7 +111,9 @@ def distill(
     params = f"{s['student']['parameters']:,}"
     for key, name in (("labels", "label-only student (MLP)"), ("distilled", "distilled student (MLP)")):
         row = s[key]
-        table.add_row(name, params, _mean_std(row["accuracy"]), _mean_std(row["nll"]), _mean_std(row["ece"]))
+        table.add_row(
+            name, params, mean_std_text(row["accuracy"]), mean_std_text(row["nll"]), mean_std_text(row["ece"])
+        )
     console().print(table)
     d = s["accuracy_difference"]
     spread = "" if d["std"] is None else f" ± {d['std']:.4f} (sample std of the paired differences)"
