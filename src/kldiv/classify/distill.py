@@ -171,10 +171,11 @@ def _stats(values: Sequence[float]) -> dict[str, Any]:
     return {"values": list(values), "mean": statistics.fmean(values), "std": std}
 
 
-def mean_std_text(stats: dict[str, Any], digits: int = 4) -> str:
-    """``mean ± std`` of a summary entry (the mean alone when there is one seed)."""
+def mean_std_text(stats: dict[str, Any], digits: int = 4, *, signed: bool = False) -> str:
+    """``mean ± std`` of a summary entry (the mean alone when there is one seed); ``signed``: ``+`` shown."""
     std = stats["std"]
-    return f"{stats['mean']:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    sign = "+" if signed else ""
+    return f"{stats['mean']:{sign}.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
 
 
 def _student_summary(evaluations: Sequence[Evaluation]) -> dict[str, Any]:

@@ -98,27 +98,24 @@ def distill(
         data = check.dataset(config.dataset, config.data_dir, val_size=0)
         result = run_distill(config, options, data=data)
     s = result.summary
-    n = len(s["seeds"])
-    table = RichTable(
-        title=f"distillation on {s['dataset']}: test set, {n} seed{'s' if n > 1 else ''} (mean ± sample std), "
-        f"students on {s['train_fraction']:g} of the training set, T = {s['temperature']:g}, alpha = {s['alpha']:g}",
-        title_justify="left",
+    n, fraction = len(s["seeds"]), s["train_fraction"]
+    seen = "all" if fraction == 1 else f"{fraction:g}"
+    console().print(
+        f"Distillation on {s['dataset']}, test set; {n} seed{'s' if n > 1 else ''}: mean ± sample std (ddof=1) "
+        f"over seeds. Students (MLP, {s['student']['parameters']:,} parameters, "
+        f"{s['student']['teacher_to_student']:.1f}x fewer than the teacher) trained on {seen} of the training set "
+        f"({s['student']['train_images']} images); T = {s['temperature']:g}, alpha = {s['alpha']:g}."
     )
-    for column in ("model", "parameters", "accuracy", "NLL (nats)", "ECE"):
+    table = RichTable()
+    for column in ("model", "accuracy", "NLL (nats)", "ECE"):
         table.add_column(column, justify="left" if column == "model" else "right")
     t = s["teacher"]
-    table.add_row("teacher (CNN)", f"{t['parameters']:,}", f"{t['accuracy']:.4f}", f"{t['nll']:.4f}", f"{t['ece']:.4f}")
-    params = f"{s['student']['parameters']:,}"
-    for key, name in (("labels", "label-only student (MLP)"), ("distilled", "distilled student (MLP)")):
+    table.add_row("teacher (CNN)", f"{t['accuracy']:.4f}", f"{t['nll']:.4f}", f"{t['ece']:.4f}")
+    for key, name in (("labels", "label-only"), ("distilled", "distilled")):
         row = s[key]
-        table.add_row(
-            name, params, mean_std_text(row["accuracy"]), mean_std_text(row["nll"]), mean_std_text(row["ece"])
-        )
-    console().print(table)
+        table.add_row(name, mean_std_text(row["accuracy"]), f"{row['nll']['mean']:.4f}", f"{row['ece']['mean']:.4f}")
     d = s["accuracy_difference"]
-    spread = "" if d["std"] is None else f" ± {d['std']:.4f} (sample std of the paired differences)"
-    ratio = "" if d["in_std"] is None else f", {d['in_std']:+.2f} std"
-    console().print(
-        f"distilled − label-only accuracy: {d['mean']:+.4f}{spread}{ratio}. Teacher/student parameters: "
-        f"{s['student']['teacher_to_student']:.1f}x. Wrote {result.out_dir}/summary.json and accuracy.png."
-    )
+    in_std = "" if d["in_std"] is None else f" ({d['in_std']:+.1f} std)"
+    table.add_row("distilled − label-only", mean_std_text(d, signed=True) + in_std, "", "")
+    console().print(table)
+    console().print(f"Wrote {result.out_dir}/summary.json and accuracy.png.")
