@@ -228,14 +228,16 @@ def test_kldiv_distill_writes_its_summary_and_resume_keeps_finished_runs(tmp_pat
     args += ["--no-progress", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "distilled − label-only accuracy" in result.output
+    assert "distilled − label-only" in result.output
+    assert "(ddof=1)" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     for kind in ("labels", "distilled"):
         values = summary[kind]["accuracy"]["values"]
         assert len(values) == 2
         assert summary[kind]["accuracy"]["std"] == pytest.approx(statistics.stdev(values))
-        assert f"{summary[kind]['accuracy']['mean']:.4f}" in result.output
+        stats = summary[kind]["accuracy"]
+        assert f"{stats['mean']:.4f} ± {stats['std']:.4f}" in result.output
     d = [
         a - b
         for a, b in zip(
@@ -243,6 +245,7 @@ def test_kldiv_distill_writes_its_summary_and_resume_keeps_finished_runs(tmp_pat
         )
     ]
     assert summary["accuracy_difference"]["mean"] == pytest.approx(sum(d) / 2)
+    assert f"{summary['accuracy_difference']['mean']:+.4f}" in result.output
     assert summary["student"]["parameters"] == 8710
     assert summary["teacher"]["parameters"] == 87178
     data = {name: read_run(out / name).config["data"] for name in ("labels-seed0", "distilled-seed0", "labels-seed1")}
