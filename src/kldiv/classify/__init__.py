@@ -2,7 +2,7 @@
 calibration.
 
 Models in :mod:`kldiv.classify.model`, the loss and the evaluation in :mod:`kldiv.classify.objective`, the trainer
-in :mod:`kldiv.classify.train`.
+in :mod:`kldiv.classify.train`, the teacher-and-students experiment in :mod:`kldiv.classify.distill`.
 """
 
 from kldiv.classify.model import MODELS, Classifier, KLRegularizedCNN, MLPClassifier, build_model
@@ -10,6 +10,7 @@ from kldiv.classify.objective import (
     REGULARIZERS,
     Evaluation,
     LossTerms,
+    distilled_loss,
     evaluate,
     predict_logits,
     regularized_loss,
@@ -24,6 +25,7 @@ __all__ = [
     "LossTerms",
     "MLPClassifier",
     "build_model",
+    "distilled_loss",
     "evaluate",
     "predict_logits",
     "regularized_loss",
