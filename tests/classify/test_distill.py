@@ -276,3 +276,20 @@ def test_the_tour_section_comes_after_the_vae() -> None:
     import_section_modules()
     names = tour_sections.names()
     assert names.index("distill") > names.index("vae")
+
+
+def test_a_resume_that_would_retrain_the_teacher_of_distilled_students_is_refused_first(
+    tmp_path: Path, digits: ImageDataset
+) -> None:
+    from kldiv.classify.distill import distill
+
+    out = tmp_path / "distill"
+    base = {"teacher_epochs": 1, "student_epochs": 2, "train_fraction": 0.3, "seeds": (0,)}
+    distill(DistillConfig(**base), _run(out), data=digits)  # type: ignore[arg-type]
+    before = _files(out)
+    with pytest.raises(RunError, match="has not completed 2 epochs"):
+        distill(DistillConfig(**{**base, "teacher_epochs": 2}), _run(out, resume=True), data=digits)  # type: ignore[arg-type]
+    assert _files(out) == before  # refused before anything trained
+    with pytest.raises(OptionError, match="completed 2 epochs") as info:
+        distill(DistillConfig(**{**base, "student_epochs": 1}), _run(out, resume=True), data=digits)  # type: ignore[arg-type]
+    assert info.value.option == "student_epochs"

@@ -28,7 +28,7 @@ from kldiv.classify.model import Classifier, parameter_count
 from kldiv.classify.objective import Evaluation, evaluate
 from kldiv.classify.train import TrainConfig, check_run, load_trained, train, training_subset
 from kldiv.data import ImageDataset
-from kldiv.runs import OptionError, RunOptions, atomic_write_bytes, read_checkpoint
+from kldiv.runs import OptionError, RunError, RunOptions, atomic_write_bytes, option_text, read_checkpoint
 from kldiv.runs import options as check
 from kldiv.runs.checkpoint import has_checkpoint
 
@@ -148,16 +148,24 @@ def _plan(options: RunOptions, epochs: int) -> RunOptions | None:
     return options if has_checkpoint(options.out) else replace(options, resume=False)
 
 
-def _train_or_load(config: TrainConfig, options: RunOptions, data: ImageDataset) -> tuple[Classifier, Evaluation, bool]:
-    """The trained model of a run, its test evaluation, and whether it was trained now (False: it was finished)."""
+def _train_or_load(
+    config: TrainConfig, options: RunOptions, data: ImageDataset, epochs_option: str
+) -> tuple[Classifier, Evaluation]:
+    """The trained model of a run and its test evaluation: trained (or continued) now, or, when ``resume`` finds
+    it finished, loaded. ``epochs_option`` names this run's epochs in messages."""
     plan = _plan(options, config.epochs)
     if plan is not None:
-        result = train(config, plan, data=data)
-        return result.model, result.test, True
+        try:
+            result = train(config, plan, data=data)
+        except OptionError as e:  # the run has more epochs than asked
+            if e.option != "epochs":
+                raise
+            raise OptionError(epochs_option, e.message) from None
+        return result.model, result.test
     check_run(config, options, data=data)  # a finished run is reused only if it is the run asked for
     _, model = load_trained(options.out)
     test = evaluate(model, data.test, data.test_labels, batch_size=config.eval_batch_size, n_bins=config.n_bins)
-    return model, test, False
+    return model, test
 
 
 def _check(config: TrainConfig, options: RunOptions, data: ImageDataset) -> None:
@@ -256,11 +264,19 @@ def distill(config: DistillConfig, options: RunOptions, *, data: ImageDataset | 
         _check(teacher_config(config), at["teacher"], data)
     for seed in config.seeds:
         _check(student_config(config, seed, teacher=None), at[f"labels-seed{seed}"], data)
+        student_options = at[f"distilled-seed{seed}"]
+        if not teacher_ready and student_options.resume and has_checkpoint(student_options.out):
+            raise RunError(
+                f"{student_options.out} was distilled from {teacher_run}, which has not completed "
+                f"{config.teacher_epochs} epochs: training it further would change the teacher of that run. Give "
+                f"the teacher's own {option_text('teacher_epochs', options.cli)}, or replace every run with "
+                f"{option_text('overwrite', options.cli)}"
+            )
         # before the teacher exists, only the directory can be checked (any configuration does for that)
         teacher = str(teacher_run) if teacher_ready else None
-        _check(student_config(config, seed, teacher=teacher), at[f"distilled-seed{seed}"], data)
+        _check(student_config(config, seed, teacher=teacher), student_options, data)
     if own_teacher:
-        teacher_model, teacher_test, _ = _train_or_load(teacher_config(config), at["teacher"], data)
+        teacher_model, teacher_test = _train_or_load(teacher_config(config), at["teacher"], data, "teacher_epochs")
     else:
         _, teacher_model = load_trained(teacher_run)
         teacher_test = evaluate(teacher_model, data.test, data.test_labels)
@@ -270,10 +286,11 @@ def distill(config: DistillConfig, options: RunOptions, *, data: ImageDataset | 
     labels, distilled = [], []
     student: Classifier | None = None
     for seed in config.seeds:
-        student, test, _ = _train_or_load(student_config(config, seed, teacher=None), at[f"labels-seed{seed}"], data)
+        config_l = student_config(config, seed, teacher=None)
+        student, test = _train_or_load(config_l, at[f"labels-seed{seed}"], data, "student_epochs")
         labels.append(test)
         config_d = student_config(config, seed, teacher=str(teacher_run))
-        distilled.append(_train_or_load(config_d, at[f"distilled-seed{seed}"], data)[1])
+        distilled.append(_train_or_load(config_d, at[f"distilled-seed{seed}"], data, "student_epochs")[1])
     assert student is not None  # there is at least one seed
     train_images = training_subset(data.train_labels, config.train_fraction, config.seeds[0]).shape[0]
     summary = summarize(

@@ -70,10 +70,12 @@ def distill(
 ) -> None:
     """Knowledge distillation measured: test accuracy, NLL and ECE of label-only and distilled MLP students.
 
-    Trains the tutorial's CNN as the teacher (in OUT/teacher), then for each seed an MLP with about a tenth of its
-    parameters twice: on the labels alone (OUT/labels-seedS) and with Hinton's loss alpha T^2 KL(teacher_T ||
-    student_T) + (1 - alpha) CE (OUT/distilled-seedS). Both students of a seed see the same images in the same
-    order from the same initial weights. Each run is an ordinary `kldiv classify train` run.
+    Trains the tutorial's CNN as the teacher in OUT/teacher, on the whole training set (or reuses --teacher).
+
+    Then, per seed, an MLP with about a tenth of its parameters, twice: on the labels (OUT/labels-seedS) and with
+    alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE (OUT/distilled-seedS).
+
+    Both students of a seed see the same images (--train-fraction) in the same order from the same weights.
     """
     from kldiv.classify.distill import DistillConfig, mean_std_text
     from kldiv.classify.distill import distill as run_distill
