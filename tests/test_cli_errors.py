@@ -120,6 +120,17 @@ CASES: list[tuple[list[str], str]] = [
     (["classify", "eval", "{run}", "--n-bins", "0"], "--n-bins"),
     (["classify", "eval", "{run}", "--limit", "-1"], "--limit"),
     (["classify", "eval"], "Missing argument 'run'"),
+    # kldiv mle
+    (["mle", "--model", "poisson"], "--model"),
+    (["mle", "--steps", "0"], "--steps"),
+    (["mle", "--steps", "x"], "--steps"),
+    (["mle", "--lr", "0"], "--lr"),
+    (["mle", "--lr", "-1"], "--lr"),
+    (["mle", "--lr", "nan"], "--lr"),
+    (["mle", "--lr", "inf"], "--lr"),
+    (["mle", "--samples", "1"], "--samples"),
+    (["mle", "--seed", "-1"], "--seed"),
+    (["mle", "--out", "{file}"], "--out"),
 ]
 
 
