@@ -53,7 +53,12 @@ SEED_P = (0.4, 0.5, 0.1)
 SEED_Q = (0.3, 0.4, 0.3)
 LN2 = math.log(2.0)
 
-_SECTION_MODULES: tuple[str, ...] = ("kldiv.distributions.tour", "kldiv.losses.tour", "kldiv.vae.tour")
+_SECTION_MODULES: tuple[str, ...] = (
+    "kldiv.distributions.tour",
+    "kldiv.losses.tour",
+    "kldiv.mle_tour",
+    "kldiv.vae.tour",
+)
 """Modules (besides this one) that register tour sections on import, e.g. "kldiv.vae.tour"."""
 
 Vector = Sequence[float]
