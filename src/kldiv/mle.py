@@ -70,7 +70,7 @@ regression algorithm"), the largest step with the guarantee of :func:`categorica
 
 GAUSSIAN_LR = 0.5
 """The Gaussian's default step: at the MLE the NLL's curvature in ``log std`` is 2, so a step of 1/2 is Newton's
-step in that coordinate (2 and above would oscillate without converging there)."""
+step in that coordinate (a step of 1 or more would oscillate there without converging)."""
 
 
 # ---------------------------------------------------------------------------------------------------- sources
