@@ -152,6 +152,17 @@ CASES: list[tuple[list[str], str]] = [
     (["distill", "--out", "{file}"], "--out"),
     (["distill", "--out", "{notes}"], "not of a distillation experiment"),
     (["distill", "--resume", "--overwrite"], "--overwrite"),
+    # kldiv mle
+    (["mle", "--model", "poisson"], "--model"),
+    (["mle", "--steps", "0"], "--steps"),
+    (["mle", "--steps", "x"], "--steps"),
+    (["mle", "--lr", "0"], "--lr"),
+    (["mle", "--lr", "-1"], "--lr"),
+    (["mle", "--lr", "nan"], "--lr"),
+    (["mle", "--lr", "inf"], "--lr"),
+    (["mle", "--samples", "1"], "--samples"),
+    (["mle", "--seed", "-1"], "--seed"),
+    (["mle", "--out", "{file}"], "--out"),
 ]
 
 

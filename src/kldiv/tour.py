@@ -56,6 +56,7 @@ LN2 = math.log(2.0)
 _SECTION_MODULES: tuple[str, ...] = (
     "kldiv.distributions.tour",
     "kldiv.losses.tour",
+    "kldiv.mle_tour",
     "kldiv.vae.tour",
     "kldiv.classify.tour",
 )

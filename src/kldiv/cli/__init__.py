@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kldiv.cli import classify, distill, divergence, tour, vae
+from kldiv.cli import classify, distill, divergence, mle, tour, vae
 from kldiv.cli._common import Group
 
 __all__ = ["app", "main"]
@@ -42,6 +42,7 @@ app.command("tour")(tour.tour)
 app.command("divergence", no_args_is_help=True)(divergence.divergence)
 app.add_typer(vae.app, name="vae")
 app.add_typer(classify.app, name="classify")
+app.command("mle")(mle.mle)
 app.command("distill")(distill.distill)
 
 
