@@ -25,7 +25,8 @@ A further section is a function of the parsed arguments returning a JSON-able di
 its options added in :func:`main`).
 
 Run: ``.venv/bin/python -m benchmarks.classification [--part cnn] [--load] [--data-dir DIR]`` (about 15 minutes
-on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images) writes ``classification_quick.json``.
+on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images) writes
+``classification_quick.json``.
 """
 
 from __future__ import annotations
@@ -51,17 +52,21 @@ BATCH = 64
 BETA = 0.1
 EPOCHS = 5
 QUICK_TRAIN_SIZE = 5000
+QUICK_TEST_SIZE = 1000  # the quick epoch's evaluation keeps about its full-size share of the epoch (10k of 60k)
 SIDES = ("tutorial", "kl-uniform", "none")
 OURS = ("kl-uniform", "none")
 
 
-def _data(data_dir: Path, train_size: int) -> Any:
-    """MNIST from ``data_dir``, its training set cut to the first ``train_size`` images (0: all)."""
+def _data(args: argparse.Namespace) -> Any:
+    """MNIST from ``args.data_dir``, its training and test sets cut to their first ``args.train_size`` and
+    ``args.test_size`` images (0: all)."""
     from kldiv.data import load_mnist
 
-    data = load_mnist(data_dir)
-    if train_size:
-        data = replace(data, train=data.train[:train_size], train_labels=data.train_labels[:train_size])
+    data = load_mnist(args.data_dir)
+    if args.train_size:
+        data = replace(data, train=data.train[: args.train_size], train_labels=data.train_labels[: args.train_size])
+    if args.test_size:
+        data = replace(data, test=data.test[: args.test_size], test_labels=data.test_labels[: args.test_size])
     return data
 
 
@@ -71,7 +76,7 @@ def _data(data_dir: Path, train_size: int) -> Any:
 def tutorial_worker(args: argparse.Namespace) -> None:
     from benchmarks._tutorial_classification import TutorialTrainer
 
-    trainer = TutorialTrainer(_data(args.data_dir, args.train_size), batch_size=args.batch_size)
+    trainer = TutorialTrainer(_data(args), batch_size=args.batch_size)
     serve(trainer.epoch, trainer.test)
 
 
@@ -80,7 +85,7 @@ def library_worker(args: argparse.Namespace) -> None:
     from kldiv.classify.train import TrainConfig, TrainResult, train
     from kldiv.runs import RunOptions
 
-    data = _data(args.data_dir, args.train_size)
+    data = _data(args)
     config = TrainConfig(
         dataset="mnist", data_dir=str(args.data_dir), reg=args.reg, beta=BETA, batch_size=args.batch_size, figures=False
     )
@@ -120,8 +125,8 @@ def library_worker(args: argparse.Namespace) -> None:
 
 def cnn_rounds(args: argparse.Namespace) -> dict[str, Any]:
     """The interleaved rounds of the ``cnn`` section and each side's test metrics after the last one."""
-    common = ["--data-dir", str(args.data_dir), "--train-size", str(args.train_size)]
-    common += ["--batch-size", str(args.batch_size)]
+    common = ["--data-dir", str(args.data_dir), "--batch-size", str(args.batch_size)]
+    common += ["--train-size", str(args.train_size), "--test-size", str(args.test_size)]
     rounds: list[dict[str, Any]] = []
     workers: dict[str, Worker] = {}
     load = Load() if args.load else None
@@ -190,7 +195,7 @@ def cnn_section(args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "epochs": args.epochs,
         "train_size": args.train_size or 60_000,
-        "test_size": 10_000,
+        "test_size": args.test_size or 10_000,
         "batch_size": args.batch_size,
         "beta": BETA,
         "lr": 1e-3,
@@ -231,8 +236,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MNIST IDX files (default: $KLDIV_DATA)")
     parser.add_argument("--epochs", type=int, help=f"epochs (rounds) of every side (default {EPOCHS}; quick 1)")
     parser.add_argument("--train-size", type=int, help="train on the first N images (default all; quick 5000)")
+    parser.add_argument("--test-size", type=int, help="evaluate on the first N test images (default all; quick 1000)")
     parser.add_argument("--batch-size", type=int, default=BATCH)
-    parser.add_argument("--quick", action="store_true", help="1 epoch on 5000 images, for development")
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 5000 images (test 1000), for development")
     parser.add_argument("--load", action="store_true", help="run one competing CPU-bound process during the rounds")
     parser.add_argument("--worker", choices=["tutorial", "library"], help=argparse.SUPPRESS)
     parser.add_argument("--reg", help=argparse.SUPPRESS)
@@ -242,6 +248,8 @@ def main() -> None:
         args.epochs = 1 if args.quick else EPOCHS
     if args.train_size is None:
         args.train_size = QUICK_TRAIN_SIZE if args.quick else 0
+    if args.test_size is None:
+        args.test_size = QUICK_TEST_SIZE if args.quick else 0
     if args.worker == "tutorial":
         return tutorial_worker(args)
     if args.worker == "library":
