@@ -144,6 +144,7 @@ def cnn_rounds(args: argparse.Namespace) -> dict[str, Any]:
                 row: dict[str, Any] = {"round": r + 1, "order": list(order)}
                 for side in order:
                     row[side] = workers[side].ask("epoch")
+                row["load_average_1min"] = os.getloadavg()[0]  # what else ran: these machines are shared
                 rounds.append(row)
                 print(_round_line(row), flush=True)
             if load is not None:
@@ -163,7 +164,7 @@ def _round_line(row: dict[str, Any]) -> str:
     for side in OURS:
         s = row[side]
         parts.append(f"{side} {s['seconds']:.2f} s ({s['threads']} threads, x{s['seconds'] / t:.2f})")
-    return f"round {row['round']}: " + ", ".join(parts)
+    return f"round {row['round']}: " + ", ".join(parts) + f"; load average {row['load_average_1min']:.2f}"
 
 
 def cnn_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
