@@ -16,6 +16,8 @@ import scipy
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(os.environ.get("KLDIV_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
+"""The MNIST IDX files of the benchmarks that train on them: ``$KLDIV_DATA``, else the shared data folder."""
 
 SIMD_FEATURES = ("avx512f", "avx2", "fma")
 """The CPU features that decide which code the kernels run (kldiv's C kernel, torch's own)."""

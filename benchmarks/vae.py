@@ -32,8 +32,6 @@ import csv
 import json
 import os
 import re
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +42,11 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import machine, write_json
+from benchmarks._common import DEFAULT_DATA, machine, spread, write_json
+from benchmarks._workers import Load, Worker, serve
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("KLDIV_DATA", ROOT.parent / "shared" / "data" / "mnist"))
+MODULE = "benchmarks.vae"
 BATCH = 128
 PUBLISHED = {
     "Burda et al. 2016, VAE 1 stochastic layer, k=5000 eval (IWAE paper, Table 1)": 86.76,
@@ -58,27 +57,11 @@ PUBLISHED = {
 # ------------------------------------------------------------------------------------------------- workers
 
 
-def _reply(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload) + "\n")
-    sys.stdout.flush()
-
-
-def _serve(run_epoch: Any, finish: Any) -> None:
-    """Answer 'epoch' with one epoch's figures and 'finish' with the final ones, until stdin closes."""
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "epoch":
-            _reply(run_epoch())
-        elif command == "finish":
-            _reply(finish())
-            return
-
-
 def tutorial_worker(data_dir: Path) -> None:
     from benchmarks._tutorial_vae import TutorialTrainer
 
     trainer = TutorialTrainer(data_dir)
-    _serve(trainer.epoch, lambda: {"test_neg_elbo": trainer.test_neg_elbo()})
+    serve(trainer.epoch, lambda: {"test_neg_elbo": trainer.test_neg_elbo()})
 
 
 def library_worker(data_dir: Path, out: Path) -> None:
@@ -100,49 +83,17 @@ def library_worker(data_dir: Path, out: Path) -> None:
         seconds = state["result"].metrics[-1]["seconds"]
         return {"seconds": seconds, "startup": call - seconds}
 
-    _serve(epoch, lambda: {"test_neg_elbo": -state["result"].test.elbo})
+    serve(epoch, lambda: {"test_neg_elbo": -state["result"].test.elbo})
 
 
 def floor_worker() -> None:
     from benchmarks._vae_floor import EpochFloor
 
     floor = EpochFloor(batch=BATCH, examples=60_000)
-    _serve(floor.measure, lambda: {"gflop_per_epoch": floor.gflop})
+    serve(floor.measure, lambda: {"gflop_per_epoch": floor.gflop})
 
 
 # ---------------------------------------------------------------------------------------------- controller
-
-
-class Worker:
-    """A side that lives in its own process and trains one epoch when asked."""
-
-    def __init__(self, name: str, args: list[str]) -> None:
-        self.name = name
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.vae", "--worker", name, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        assert self.proc.stdout is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.name} worker died (exit code {self.proc.wait()})")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 class Command:
@@ -177,33 +128,11 @@ class Command:
         return {"seconds": seconds, "startup": call - seconds}
 
 
-class Load:
-    """One competing CPU-bound process, paused and resumed between the quiet and the loaded rounds."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        self.pause()
-
-    def pause(self) -> None:
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
-def _summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def compare(data_dir: Path, pairs: int, loaded_pairs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        floor = Worker("floor", [])
-        tutorial = Worker("tutorial", ["--data-dir", str(data_dir)])
-        library = Worker("library", ["--data-dir", str(data_dir), "--out", str(Path(tmp) / "library")])
+        floor = Worker(MODULE, "floor", [])
+        tutorial = Worker(MODULE, "tutorial", ["--data-dir", str(data_dir)])
+        library = Worker(MODULE, "library", ["--data-dir", str(data_dir), "--out", str(Path(tmp) / "library")])
         command = Command(data_dir, Path(tmp) / "command")
         load = Load()
         rounds: list[dict[str, Any]] = []
@@ -255,17 +184,17 @@ def analyse(result: dict[str, Any]) -> dict[str, Any]:
             continue
         summary: dict[str, Any] = {
             "rounds": len(rows),
-            "floor_seconds": _summary([_floor_seconds(r) for r in rows]),
-            "gemm_gflops": _summary([r["floor"]["gflops"] for r in rows]),
+            "floor_seconds": spread([_floor_seconds(r) for r in rows]),
+            "gemm_gflops": spread([r["floor"]["gflops"] for r in rows]),
         }
         for side in ("tutorial", "command", "library"):
             summary[side] = {
-                "seconds": _summary([r[side]["seconds"] for r in rows]),
-                "over_floor": _summary([r[side]["seconds"] / _floor_seconds(r) for r in rows]),
+                "seconds": spread([r[side]["seconds"] for r in rows]),
+                "over_floor": spread([r[side]["seconds"] / _floor_seconds(r) for r in rows]),
             }
             if side != "tutorial":
-                summary[side]["over_tutorial"] = _summary([r[side]["seconds"] / r["tutorial"]["seconds"] for r in rows])
-                summary[side]["startup_seconds"] = _summary([r[side]["startup"] for r in rows])
+                summary[side]["over_tutorial"] = spread([r[side]["seconds"] / r["tutorial"]["seconds"] for r in rows])
+                summary[side]["startup_seconds"] = spread([r[side]["startup"] for r in rows])
         out["loaded" if loaded else "quiet"] = summary
     return out
 

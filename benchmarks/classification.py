@@ -1,0 +1,271 @@
+"""Classification on MNIST: kldiv's training of the tutorial's CNN against the tutorial's own loop, epoch by epoch.
+
+Sections (``--part``), each a key of ``benchmarks/results/classification.json`` (a run rewrites only its own):
+
+``cnn``: the tutorial's CNN (batch 64, Adam 1e-3, 5 epochs), each side in a process of its own:
+
+* ``tutorial``: the tutorial's ``train_kl_regularized`` as written (beta 0.1, its ``+ 1e-10`` KL term and its
+  ``.item()`` calls) over a shuffling ``DataLoader`` of a ``TensorDataset`` of the same tensors
+  (``benchmarks/_tutorial_classification.py``), at torch's default thread count; its epoch is timed around the
+  call;
+* ``kl-uniform`` and ``none``: ``kldiv.classify.train`` (what ``kldiv classify train`` runs; progress bar on,
+  threads chosen by the run layer, figures off), with ``--reg kl-uniform --beta 0.1`` and ``--reg none``, one
+  epoch per call: the first call starts the run, each later one resumes it with one more epoch and the in-memory
+  dataset. Its epoch is the ``seconds`` of its metrics row: the steps and the epoch's evaluation on the test set
+  (which the tutorial's loop does not do); the evaluation is also timed again on its own after the call
+  (``evaluation``), and the rest of the call (start-up, resume, checkpoint, final test) is reported as
+  ``outside``.
+
+A round is one epoch of every side, in the order tutorial, kl-uniform, none, reversed every other round, so a
+drift of the machine's speed slows every side alike. Reported: each side's epoch seconds and each kldiv side's
+ratio to the tutorial's epoch of the same round (median and range), the thread counts, and the test accuracy, NLL
+and ECE of each side after its last epoch. ``--load`` runs one competing CPU-bound process during the rounds.
+
+A further section is a function of the parsed arguments returning a JSON-able dict, added to ``SECTIONS`` (with
+its options added in :func:`main`).
+
+Run: ``.venv/bin/python -m benchmarks.classification [--part cnn] [--load] [--data-dir DIR]`` (about 15 minutes
+on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images) writes
+``classification_quick.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks._common import DEFAULT_DATA, RESULTS, machine, ratio_text, spread, write_json
+from benchmarks._workers import Load, Worker, serve
+
+MODULE = "benchmarks.classification"
+BATCH = 64
+BETA = 0.1
+EPOCHS = 5
+QUICK_TRAIN_SIZE = 5000
+QUICK_TEST_SIZE = 1000  # the quick epoch's evaluation keeps about its full-size share of the epoch (10k of 60k)
+SIDES = ("tutorial", "kl-uniform", "none")
+OURS = ("kl-uniform", "none")
+
+
+def _data(args: argparse.Namespace) -> Any:
+    """MNIST from ``args.data_dir``, its training and test sets cut to their first ``args.train_size`` and
+    ``args.test_size`` images (0: all)."""
+    from kldiv.data import load_mnist
+
+    data = load_mnist(args.data_dir)
+    if args.train_size:
+        data = replace(data, train=data.train[: args.train_size], train_labels=data.train_labels[: args.train_size])
+    if args.test_size:
+        data = replace(data, test=data.test[: args.test_size], test_labels=data.test_labels[: args.test_size])
+    return data
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+
+def tutorial_worker(args: argparse.Namespace) -> None:
+    from benchmarks._tutorial_classification import TutorialTrainer
+
+    trainer = TutorialTrainer(_data(args), batch_size=args.batch_size)
+    serve(trainer.epoch, trainer.test)
+
+
+def library_worker(args: argparse.Namespace) -> None:
+    from kldiv.classify.objective import evaluate
+    from kldiv.classify.train import TrainConfig, TrainResult, train
+    from kldiv.runs import RunOptions
+
+    data = _data(args)
+    config = TrainConfig(
+        dataset="mnist", data_dir=str(args.data_dir), reg=args.reg, beta=BETA, batch_size=args.batch_size, figures=False
+    )
+    default_threads = torch.get_num_threads()
+    results: list[TrainResult] = []
+
+    def epoch() -> dict[str, Any]:
+        epochs = len(results) + 1
+        options = RunOptions(out=args.out, resume=epochs > 1, progress=True)
+        start = time.perf_counter()
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # the bar is drawn, not shown
+            results.append(train(replace(config, epochs=epochs), options, data=data))
+        call = time.perf_counter() - start
+        row = results[-1].metrics[-1]
+        torch.set_num_threads(int(row["threads"]))  # the epoch's evaluation ran at the count its steps chose
+        start = time.perf_counter()
+        evaluate(results[-1].model, data.test, data.test_labels, batch_size=config.eval_batch_size)
+        evaluation = time.perf_counter() - start
+        torch.set_num_threads(default_threads)
+        return {
+            "seconds": row["seconds"],
+            "threads": int(row["threads"]),
+            "evaluation": evaluation,
+            "outside": call - row["seconds"],
+            "eval_accuracy": row["eval_accuracy"],
+        }
+
+    def finish() -> dict[str, float]:
+        test = results[-1].test
+        return {"accuracy": test.accuracy, "nll": test.nll, "ece": test.ece}
+
+    serve(epoch, finish)
+
+
+# ---------------------------------------------------------------------------------------------- controller
+
+
+def cnn_rounds(args: argparse.Namespace) -> dict[str, Any]:
+    """The interleaved rounds of the ``cnn`` section and each side's test metrics after the last one."""
+    common = ["--data-dir", str(args.data_dir), "--batch-size", str(args.batch_size)]
+    common += ["--train-size", str(args.train_size), "--test-size", str(args.test_size)]
+    rounds: list[dict[str, Any]] = []
+    workers: dict[str, Worker] = {}
+    load = Load() if args.load else None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            workers["tutorial"] = Worker(MODULE, "tutorial", common)
+            for reg in OURS:
+                out = str(Path(tmp) / reg)
+                workers[reg] = Worker(MODULE, "library", [*common, "--reg", reg, "--out", out])
+            threads = {"tutorial_default": torch.get_num_threads()}
+            if load is not None:
+                load.resume()
+            for r in range(args.epochs):
+                order = SIDES if r % 2 == 0 else SIDES[::-1]
+                row: dict[str, Any] = {"round": r + 1, "order": list(order)}
+                for side in order:
+                    row[side] = workers[side].ask("epoch")
+                row["load_average_1min"] = os.getloadavg()[0]  # what else ran: these machines are shared
+                rounds.append(row)
+                print(_round_line(row), flush=True)
+            if load is not None:
+                load.pause()
+            test = {side: workers[side].ask("finish") for side in SIDES}
+        finally:
+            for worker in workers.values():
+                worker.close()
+            if load is not None:
+                load.close()
+    return {"rounds": rounds, "test": test, "threads": threads}
+
+
+def _round_line(row: dict[str, Any]) -> str:
+    t = row["tutorial"]["seconds"]
+    parts = [f"tutorial {t:.2f} s ({row['tutorial']['threads']} threads)"]
+    for side in OURS:
+        s = row[side]
+        parts.append(f"{side} {s['seconds']:.2f} s ({s['threads']} threads, x{s['seconds'] / t:.2f})")
+    return f"round {row['round']}: " + ", ".join(parts) + f"; load average {row['load_average_1min']:.2f}"
+
+
+def cnn_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range over the rounds of each side's epoch seconds and of each kldiv side's ratio to the
+    tutorial's epoch of the same round; the same for the steps alone (the epoch less its evaluation)."""
+    tutorial = [r["tutorial"]["seconds"] for r in rounds]
+    summary: dict[str, Any] = {
+        "tutorial": {"epoch_seconds": spread(tutorial), "threads": sorted({r["tutorial"]["threads"] for r in rounds})}
+    }
+    for side in OURS:
+        seconds = [r[side]["seconds"] for r in rounds]
+        steps = [r[side]["seconds"] - r[side]["evaluation"] for r in rounds]
+        summary[side] = {
+            "epoch_seconds": spread(seconds),
+            "over_tutorial": spread([s / t for s, t in zip(seconds, tutorial, strict=True)]),
+            "evaluation_seconds": spread([r[side]["evaluation"] for r in rounds]),
+            "steps_over_tutorial": spread([s / t for s, t in zip(steps, tutorial, strict=True)]),
+            "outside_seconds": spread([r[side]["outside"] for r in rounds]),
+            "threads": sorted({r[side]["threads"] for r in rounds}),
+        }
+    return summary
+
+
+def cnn_section(args: argparse.Namespace) -> dict[str, Any]:
+    start_load = os.getloadavg()
+    measured = cnn_rounds(args)
+    summary = cnn_summary(measured["rounds"])
+    _print_cnn(summary, measured["test"])
+    settings = {
+        "epochs": args.epochs,
+        "train_size": args.train_size or 60_000,
+        "test_size": args.test_size or 10_000,
+        "batch_size": args.batch_size,
+        "beta": BETA,
+        "lr": 1e-3,
+        "load": args.load,
+        "torch_default_threads": measured["threads"]["tutorial_default"],
+    }
+    return {
+        "machine": machine(),
+        "load_average_1_5_15": {"start": start_load, "end": os.getloadavg()},
+        "settings": settings,
+        "summary": summary,
+        "test": measured["test"],
+        "rounds": measured["rounds"],
+    }
+
+
+def _print_cnn(summary: dict[str, Any], test: dict[str, dict[str, float]]) -> None:
+    print("\n| side | epoch s (range) | x tutorial (range) | steps x tutorial | threads | test acc | NLL | ECE |")
+    print("|---|---|---|---|---|---|---|---|")
+    for side in SIDES:
+        s = summary[side]
+        e = s["epoch_seconds"]
+        vs = ratio_text(s["over_tutorial"]) if "over_tutorial" in s else "1"
+        steps = ratio_text(s["steps_over_tutorial"]) if "steps_over_tutorial" in s else "1"
+        t = test[side]
+        print(
+            f"| {side} | {e['median']:.2f} ({e['min']:.2f}-{e['max']:.2f}) | {vs} | {steps} | "
+            f"{','.join(map(str, s['threads']))} | {t['accuracy']:.4f} | {t['nll']:.4f} | {t['ece']:.4f} |"
+        )
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"cnn": cnn_section}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=[*SECTIONS, "all"], default="all", help="the section(s) to measure")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MNIST IDX files (default: $KLDIV_DATA)")
+    parser.add_argument("--epochs", type=int, help=f"epochs (rounds) of every side (default {EPOCHS}; quick 1)")
+    parser.add_argument("--train-size", type=int, help="train on the first N images (default all; quick 5000)")
+    parser.add_argument("--test-size", type=int, help="evaluate on the first N test images (default all; quick 1000)")
+    parser.add_argument("--batch-size", type=int, default=BATCH)
+    parser.add_argument("--quick", action="store_true", help="1 epoch on 5000 images (test 1000), for development")
+    parser.add_argument("--load", action="store_true", help="run one competing CPU-bound process during the rounds")
+    parser.add_argument("--worker", choices=["tutorial", "library"], help=argparse.SUPPRESS)
+    parser.add_argument("--reg", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else EPOCHS
+    if args.train_size is None:
+        args.train_size = QUICK_TRAIN_SIZE if args.quick else 0
+    if args.test_size is None:
+        args.test_size = QUICK_TEST_SIZE if args.quick else 0
+    if args.worker == "tutorial":
+        return tutorial_worker(args)
+    if args.worker == "library":
+        return library_worker(args)
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"skipped: MNIST not found at {args.data_dir}; pass --data-dir or set KLDIV_DATA")
+    name = "classification_quick" if args.quick else "classification"
+    path = RESULTS / f"{name}.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    for part in SECTIONS if args.part == "all" else [args.part]:
+        results[part] = SECTIONS[part](args)
+        path = write_json(name, results)  # after each section, so a later failure keeps the earlier ones
+    print(f"wrote {path}")
+    return None
+
+
+if __name__ == "__main__":
+    main()
