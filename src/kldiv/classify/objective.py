@@ -125,7 +125,7 @@ class Evaluation:
     bins: CalibrationBins
 
 
-def predict_logits(model: Classifier, x: Tensor, *, batch_size: int = 1000) -> Tensor:
+def predict_logits(model: Classifier, x: Tensor, *, batch_size: int = 256) -> Tensor:
     """The logits ``(N, C)`` of images ``x`` ``(N, *image_shape)``, in eval mode without gradients, in batches."""
     model.check_images(x)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -134,7 +134,7 @@ def predict_logits(model: Classifier, x: Tensor, *, batch_size: int = 1000) -> T
         return torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
 
 
-def evaluate(model: Classifier, x: Tensor, labels: Tensor, *, batch_size: int = 1000, n_bins: int = 15) -> Evaluation:
+def evaluate(model: Classifier, x: Tensor, labels: Tensor, *, batch_size: int = 256, n_bins: int = 15) -> Evaluation:
     """Accuracy, NLL, Brier score and ECE (``n_bins`` equal-width bins) of ``model`` on images ``x`` and their
     ``labels``, computed by :mod:`kldiv.metrics` in float64 from the log-softmax of the logits."""
     if x.shape[0] == 0:

@@ -100,7 +100,7 @@ class TrainConfig:
     val_size: int = 0
     seed: int = 0
     figures: bool = True
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256
     n_bins: int = 15
     train_fraction: float = 1.0
     teacher: str | None = None
