@@ -21,12 +21,20 @@ drift of the machine's speed slows every side alike. Reported: each side's epoch
 ratio to the tutorial's epoch of the same round (median and range), the thread counts, and the test accuracy, NLL
 and ECE of each side after its last epoch. ``--load`` runs one competing CPU-bound process during the rounds.
 
+``distillation``: one teacher (the tutorial's CNN, plain cross-entropy, 5 epochs on the whole training set), then
+for the whole training set and for a stratified tenth of it, 3 seeds of a label-only and a distilled MLP student
+(784-100-10, 10.4x fewer parameters; T = 4, alpha = 0.9, 20 epochs), all through ``kldiv.classify.distill``.
+Reported per regime: the students' test accuracy (mean and sample std over the seeds), NLL and ECE, the teacher's,
+and the distilled student's gain in accuracy in units of two stds: the std of the paired differences (the
+students of a seed share their images, initial weights and batch order) and the larger of the two students' own
+stds.
+
 A further section is a function of the parsed arguments returning a JSON-able dict, added to ``SECTIONS`` (with
 its options added in :func:`main`).
 
-Run: ``.venv/bin/python -m benchmarks.classification [--part cnn] [--load] [--data-dir DIR]`` (about 15 minutes
-on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images) writes
-``classification_quick.json``.
+Run: ``.venv/bin/python -m benchmarks.classification [--part cnn|distillation] [--load] [--data-dir DIR]``
+(about 15 minutes for each part on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000
+test images) writes ``classification_quick.json``.
 """
 
 from __future__ import annotations
@@ -228,7 +236,93 @@ def _print_cnn(summary: dict[str, Any], test: dict[str, dict[str, float]]) -> No
         )
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"cnn": cnn_section}
+# ---------------------------------------------------------------------------------------------- distillation
+
+TEACHER_EPOCHS = 5
+STUDENT_EPOCHS = 20
+FRACTIONS = (1.0, 0.1)
+SEEDS = (0, 1, 2)
+
+
+def _regime(summary: dict[str, Any]) -> dict[str, Any]:
+    """One regime's numbers, with the accuracy gain measured two ways: against the std of the paired
+    differences (the same images, initial weights and batch order for both students of a seed), and against the
+    larger of the two students' own stds over the seeds."""
+    labels, distilled = summary["labels"]["accuracy"], summary["distilled"]["accuracy"]
+    gain = distilled["mean"] - labels["mean"]
+    spread_std = max(labels["std"], distilled["std"])
+    return {
+        **summary,
+        "gain": gain,
+        "gain_in_paired_std": summary["accuracy_difference"]["in_std"],
+        "gain_in_student_std": gain / spread_std if spread_std else None,
+    }
+
+
+def distillation_section(args: argparse.Namespace) -> dict[str, Any]:
+    """One teacher CNN on the whole training set, then for each fraction of the training set 3 seeds of a
+    label-only and a distilled MLP student (``kldiv.classify.distill``, T = 4, alpha = 0.9)."""
+    from kldiv.classify.distill import DistillConfig, distill
+    from kldiv.classify.train import TrainConfig, train
+    from kldiv.runs import RunOptions
+
+    data = _data(args)
+    start_load = os.getloadavg()
+    regimes: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_dir = Path(tmp) / "teacher"
+        start = time.perf_counter()
+        teacher_epochs = 1 if args.quick else TEACHER_EPOCHS
+        teacher = TrainConfig(
+            dataset="mnist", data_dir=str(args.data_dir), reg="none", epochs=teacher_epochs, figures=False
+        )
+        train(teacher, RunOptions(out=teacher_dir, progress=True), data=data)
+        teacher_seconds = time.perf_counter() - start
+        for fraction in FRACTIONS:
+            config = DistillConfig(
+                dataset="mnist",
+                data_dir=str(args.data_dir),
+                teacher=str(teacher_dir),
+                student_epochs=2 if args.quick else STUDENT_EPOCHS,
+                train_fraction=fraction,
+                seeds=SEEDS,
+                batch_size=args.batch_size,
+            )
+            start = time.perf_counter()
+            result = distill(config, RunOptions(out=Path(tmp) / f"fraction-{fraction:g}", progress=True), data=data)
+            regimes[f"{fraction:g}"] = {**_regime(result.summary), "seconds": time.perf_counter() - start}
+            _print_regime(fraction, regimes[f"{fraction:g}"])
+    return {
+        "machine": machine(),
+        "load_average_1_5_15": {"start": start_load, "end": os.getloadavg()},
+        "settings": {
+            "teacher_epochs": teacher_epochs,
+            "teacher_seconds": teacher_seconds,
+            "student_epochs": 2 if args.quick else STUDENT_EPOCHS,
+            "train_size": args.train_size or 60_000,
+            "test_size": args.test_size or 10_000,
+            "batch_size": args.batch_size,
+        },
+        "regimes": regimes,
+    }
+
+
+def _print_regime(fraction: float, r: dict[str, Any]) -> None:
+    def acc(side: dict[str, Any]) -> str:
+        a = side["accuracy"]
+        return f"{a['mean']:.4f} ± {a['std']:.4f}"
+
+    print(
+        f"fraction {fraction:g} ({r['student']['train_images']} images): teacher {r['teacher']['accuracy']:.4f}, "
+        f"labels {acc(r['labels'])}, distilled {acc(r['distilled'])}, gain {r['gain']:+.4f} "
+        f"({r['gain_in_paired_std']:+.1f} paired std, {r['gain_in_student_std']:+.1f} student std)"
+    )
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "cnn": cnn_section,
+    "distillation": distillation_section,
+}
 
 
 def main() -> None:

@@ -29,6 +29,28 @@ def test_every_model_maps_images_of_its_shape_to_logits(name: str, shape: tuple[
     assert torch.isfinite(logits).all()
 
 
+def _tutorial_order(model: KLRegularizedCNN, x: torch.Tensor) -> torch.Tensor:
+    """The CNN's function with the tutorial's order (ReLU, then max-pool), NCHW layout, same weights."""
+    conv1, conv2 = model.features[0], model.features[3]
+    h = torch.nn.functional.max_pool2d(torch.relu(conv1(x.contiguous())), 2)
+    h = torch.nn.functional.max_pool2d(torch.relu(conv2(h)), 2)
+    return model.classifier(h.reshape(h.shape[0], -1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (1, 9, 13)])
+def test_cnn_is_the_tutorials_function_with_its_gradients(shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    model = KLRegularizedCNN(shape, 10).double()
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    ours = model(x)
+    grads = torch.autograd.grad(ours.square().sum(), list(model.parameters()))
+    theirs = _tutorial_order(model, x)
+    expected = torch.autograd.grad(theirs.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_cnn_flatten_size_follows_the_image_shape() -> None:
     model = KLRegularizedCNN((1, 8, 8), 10)
     first = model.classifier[0]
