@@ -108,7 +108,7 @@ def _grad_state(g: Tensor) -> str:
 
 def _grad_error(g: Tensor, reference: Tensor) -> float:
     """max |g - g_ref| / max |g_ref|: the gradient's error relative to its largest entry."""
-    return float((g.to(F64) - reference).abs().max() / reference.abs().max())
+    return float((g.detach().to(F64) - reference.detach()).abs().max() / reference.detach().abs().max())
 
 
 def _value_and_grad(fn: LossFn, s: Tensor, t: Tensor) -> tuple[float, Tensor]:
