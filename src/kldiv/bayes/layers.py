@@ -254,9 +254,10 @@ class BayesianLayer(nn.Module):
         if self.mode == "local":
             self._eps = {}
             return local_reparam(self._op, x, w_mu, w_std, b_mu, b_std)
-        self._eps = {name: torch.randn_like(self._param(name, "mu")) for name in self._names}
-        w_delta = w_std * self._eps["weight"]
-        b_delta = None if b_std is None else b_std * self._eps["bias"]
+        eps = {name: torch.randn_like(self._param(name, "mu")) for name in self._names}
+        self._eps = {} if isinstance(self.prior, GaussianPrior) else eps  # kept for a Monte Carlo kl_loss()
+        w_delta = w_std * eps["weight"]
+        b_delta = None if b_std is None else b_std * eps["bias"]
         if self.mode == "reparam":
             return self._op(x, w_mu + w_delta, None if b_mu is None or b_delta is None else b_mu + b_delta)
         return flipout(self._op, x, w_mu, b_mu, w_delta, b_delta, spatial_dims=self._spatial_dims)
