@@ -129,7 +129,8 @@ def _gradient_variance(mode: str, conv: bool, repeats: int = 200) -> tuple[float
 @pytest.mark.parametrize("conv", [False, True], ids=["linear", "conv2d"])
 def test_local_and_flipout_gradients_vary_less_than_reparam(conv: bool) -> None:
     """Measured (seed 0, 200 passes): linear 128 x 32 -> 8, ratios to reparam for (mu, rho) local 0.21 / 0.03,
-    flipout 0.21 / 0.76; conv 3 -> 4 channels, 32 x 6 x 6: local 0.027 / 0.007, flipout 0.056 / 0.62."""
+    flipout 0.21 / 0.76; conv 3 -> 4 channels, 32 x 6 x 6: local 0.027 / 0.007, flipout 0.056 / 0.62. With the
+    seeds 1 to 5 instead, the largest ratio was 0.82 (flipout, rho, linear)."""
     base = _gradient_variance("reparam", conv)
     for mode in ("local", "flipout"):
         ratios = [v / b for v, b in zip(_gradient_variance(mode, conv), base, strict=True)]
@@ -216,13 +217,13 @@ def test_layer_kl_nonnegative_and_zero_at_the_prior(mu: float, log_std: float, s
         layer.bias_mu.fill_(mu)
         layer.weight_log_var.fill_(2 * log_std)
         layer.bias_log_var.fill_(2 * log_std)
-    assert float(layer.kl_loss()) >= 0
+    assert float(layer.kl_loss().detach()) >= 0
     with torch.no_grad():
         for p in (layer.weight_mu, layer.bias_mu):
             p.zero_()
         for p in (layer.weight_log_var, layer.bias_log_var):
             p.fill_(2 * math.log(sigma))
-    assert abs(float(layer.kl_loss())) < 1e-12
+    assert abs(float(layer.kl_loss().detach())) < 1e-12
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -260,6 +261,16 @@ def test_pure_functions_match_their_formulas() -> None:
     out = local_reparam(F.linear, x, w, d.abs(), None, None)
     torch.manual_seed(8)
     torch.testing.assert_close(out, x @ w.T + torch.sqrt((x * x) @ (d * d).T) * torch.randn(3, 2, dtype=F64))
+
+
+def test_unbatched_and_sequence_inputs() -> None:
+    """A (C, H, W) image is one example; a (B, T, features) input gets signs per row in flipout."""
+    for mode in MODES:
+        conv = BayesianConv2d(2, 3, 3, padding=1, mode=mode)  # type: ignore[arg-type]
+        assert conv(torch.randn(2, 5, 5)).shape == (3, 5, 5)
+        linear = BayesianLinear(4, 2, mode=mode)  # type: ignore[arg-type]
+        assert linear(torch.randn(3, 7, 4)).shape == (3, 7, 2)
+        assert linear(torch.randn(4)).shape == (2,)
 
 
 def test_dtype_and_device_follow_the_layer() -> None:

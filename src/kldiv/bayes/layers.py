@@ -184,13 +184,12 @@ class BayesianLayer(nn.Module):
         self.init_std = check_scalar("init_std", init_std, low=0.0, low_open=True)
         self._spatial_dims = spatial_dims
         self._eps: dict[str, Tensor] = {}
-        factory = {"device": device, "dtype": dtype}
         self._names = ("weight", "bias") if bias else ("weight",)
         self._suffix = "rho" if scale == "softplus" else "log_var"
         for name in ("weight", "bias"):
             shape = weight_shape if name == "weight" else weight_shape[:1]
             for part in ("mu", self._suffix):
-                param = nn.Parameter(torch.empty(shape, **factory)) if name in self._names else None  # type: ignore[arg-type]
+                param = nn.Parameter(torch.empty(shape, device=device, dtype=dtype)) if name in self._names else None
                 self.register_parameter(f"{name}_{part}", param)
         self.reset_parameters()
 
