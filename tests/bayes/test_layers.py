@@ -314,6 +314,8 @@ def test_bad_inputs_are_named() -> None:
         BayesianConv2d(3, 4, 3)(torch.zeros(3, 5))
     with pytest.raises(TypeError, match="input must be a Tensor, got list"):
         BayesianLinear(3, 2)([1.0, 2.0, 3.0])  # type: ignore[arg-type]
-    layer = BayesianLinear(3, 2)
+    layer = BayesianLinear(3, 2, bias=False)
+    with pytest.raises(ValueError, match="name must be one of 'weight' for this layer, got 'bias'"):
+        layer.posterior("bias")
     with pytest.raises(ValueError, match="mode must be one of"):
         layer.mode = "sampled"  # type: ignore[assignment]

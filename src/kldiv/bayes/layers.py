@@ -232,6 +232,8 @@ class BayesianLayer(nn.Module):
 
     def posterior(self, name: str) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` of the posterior of ``"weight"`` or ``"bias"``."""
+        if name not in self._names:
+            raise ValueError(f"name must be one of {', '.join(map(repr, self._names))} for this layer, got {name!r}")
         return self._param(name, "mu"), posterior_std(self._param(name, self._suffix), self.scale)
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -246,10 +248,11 @@ class BayesianLayer(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
         self._check_input(x)
-        w_mu, w_std = self.posterior("weight")
-        b_mu, b_std = self.posterior("bias") if "bias" in self._names else (None, None)
+        b_mu = self._param("bias", "mu") if "bias" in self._names else None
         if not (self.training or (self.sample if sample is None else sample)):
-            return self._op(x, w_mu, b_mu)
+            return self._op(x, self._param("weight", "mu"), b_mu)
+        w_mu, w_std = self.posterior("weight")
+        b_std = self.posterior("bias")[1] if "bias" in self._names else None
         if self.mode == "local":
             self._eps = {}
             return local_reparam(self._op, x, w_mu, w_std, b_mu, b_std)
