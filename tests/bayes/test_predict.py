@@ -180,6 +180,30 @@ def test_gradient_of_the_mutual_information_is_finite() -> None:
     assert float(logits.grad.abs().sum()) > 0
 
 
+def _uncertainties(logits: Tensor) -> Tensor:
+    pred = class_predictive(logits)
+    return torch.cat([pred.probs.flatten(), pred.predictive_entropy, pred.expected_entropy, pred.mutual_information])
+
+
+def test_gradients_of_the_predictive_pass_gradcheck() -> None:
+    logits = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    assert torch.autograd.gradcheck(_uncertainties, (logits.requires_grad_(),))
+
+
+@pytest.mark.parametrize("column_all_minus_inf", [True, False])
+def test_gradient_at_a_minus_inf_logit_is_that_of_a_vanishing_class(column_all_minus_inf: bool) -> None:
+    # a -inf logit is a class of probability 0; a logit of -1e4 has probability exp(-1e4) = 0 in float64 too
+    base = [[[0.0, -math.inf, 1.0]], [[2.0, -math.inf if column_all_minus_inf else 0.5, -1.0]]]
+    with_inf = torch.tensor(base, dtype=torch.float64, requires_grad=True)
+    finite = torch.tensor(base, dtype=torch.float64).nan_to_num(neginf=-1e4).requires_grad_()
+    _uncertainties(with_inf).sum().backward()
+    _uncertainties(finite).sum().backward()
+    assert with_inf.grad is not None
+    assert finite.grad is not None
+    assert bool(torch.isfinite(with_inf.grad).all())
+    torch.testing.assert_close(with_inf.grad, finite.grad, rtol=1e-12, atol=1e-300)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Drawing the samples
 # ---------------------------------------------------------------------------------------------------------------

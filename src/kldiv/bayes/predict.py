@@ -129,11 +129,13 @@ def _log_mean_exp(x: Tensor, dim: int) -> Tensor:
     """``log((1/S) sum_s exp(x_s))`` along ``dim`` as ``m + log((1/S) sum_s exp(x_s - m))``, ``m = max_s x_s``.
 
     Shifting by the maximum keeps it finite; averaging (not ``logsumexp - log S``) makes it exactly ``x`` when
-    every ``x_s`` is equal. ``-inf`` where every ``x_s`` is ``-inf``.
+    every ``x_s`` is equal. ``-inf`` where every ``x_s`` is ``-inf`` (with a zero gradient, not NaN).
     """
-    m = x.amax(dim, keepdim=True)
-    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    return (shift + torch.log(torch.exp(x - shift).mean(dim, keepdim=True))).squeeze(dim)
+    m = x.detach().amax(dim, keepdim=True)  # the shift cancels: no gradient flows through it
+    some = torch.isfinite(m)
+    shift = torch.where(some, m, 0.0)
+    mean = torch.exp(x - shift).mean(dim, keepdim=True)
+    return torch.where(some, shift + torch.log(torch.where(some, mean, 1.0)), m).squeeze(dim)
 
 
 def _sample_log_probs(log_probs: object) -> Tensor:
