@@ -89,11 +89,11 @@ def sample_outputs(
 
     ``stack=True`` runs the ``S`` copies of the batch through the model together, sample-major (row ``s B + b``
     is input ``b`` of draw ``s``), in forward passes of at most ``chunk_rows`` rows; the copies are gathered per
-    chunk, so the ``S B`` inputs never exist at once. It requires a model whose noise is independent across the
-    rows of a batch (dropout, a layer with the local reparameterization trick). A layer that draws one weight
-    sample per forward call gives ``S`` identical copies that way and needs ``stack=False``: a Python loop over
-    the ``S`` draws, each batch in chunks of at most ``chunk_rows`` rows. Both consume the model's noise in the
-    same order.
+    chunk, so at most ``chunk_rows`` copied inputs exist at once. It requires a model whose noise is independent
+    across the rows of a batch (dropout, a layer with the local reparameterization trick). A layer that draws
+    one weight sample per forward call gives ``S`` identical copies that way and needs ``stack=False``: a Python
+    loop over the ``S`` draws, each batch in chunks of at most ``chunk_rows`` rows. Both consume the model's
+    noise in the same order.
     """
     if not callable(model):
         raise TypeError(f"model must be a callable inputs -> outputs, got {type(model).__name__}")
@@ -117,8 +117,10 @@ def sample_outputs(
     with torch.no_grad():
         if stack:
             total = s * batch
-            index = torch.arange(total, device=inputs.device) % batch
-            outs = [run(inputs.index_select(0, index[a : a + rows])) for a in range(0, total, rows)]
+            outs = [
+                run(inputs.index_select(0, torch.arange(a, min(a + rows, total), device=inputs.device) % batch))
+                for a in range(0, total, rows)
+            ]
         else:
             outs = [run(inputs[a : a + rows]) for _ in range(s) for a in range(0, batch, rows)]
     out = torch.cat(outs)
