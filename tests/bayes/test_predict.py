@@ -4,6 +4,7 @@ draws against a loop over the draws, the regression mixture against NumPy and Sc
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +241,8 @@ def test_a_model_with_one_weight_draw_per_call_needs_the_loop() -> None:
     torch.manual_seed(0)
     model = OneWeightPerCall()
     x = torch.randn(2, 3, dtype=torch.float64)
-    stacked = sample_outputs(model, x, 4)
+    with pytest.warns(UserWarning, match="identical.*stack=False"):
+        stacked = sample_outputs(model, x, 4)
     assert torch.equal(stacked[0], stacked[1])  # one forward call, one weight: the copies agree
     looped = sample_outputs(model, x, 4, stack=False)
     assert not torch.equal(looped[0], looped[1])
@@ -254,7 +256,19 @@ def test_dropout_in_train_mode_gives_different_draws_per_copy() -> None:
     assert bool((pred.mutual_information > 0).all())
     assert model.training
     model.eval()
-    assert bool((predict_classes(model, x, 16).mutual_information == 0).all())
+    with pytest.warns(UserWarning, match="identical.*eval mode"):
+        assert bool((predict_classes(model, x, 16, stack=False).mutual_information == 0).all())
+    with pytest.warns(UserWarning, match="identical"):
+        sample_outputs(model, x, 2)
+
+
+def test_one_draw_or_different_draws_do_not_warn() -> None:
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample_outputs(model.eval(), x, 1)
+        sample_outputs(model.train(), x, 8)
 
 
 # ---------------------------------------------------------------------------------------------------------------

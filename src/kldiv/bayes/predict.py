@@ -30,6 +30,8 @@ in Bayesian deep learning for computer vision?".
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +95,8 @@ def sample_outputs(
     across the rows of a batch (dropout, a layer with the local reparameterization trick). A layer that draws
     one weight sample per forward call gives ``S`` identical copies that way and needs ``stack=False``: a Python
     loop over the ``S`` draws, each batch in chunks of at most ``chunk_rows`` rows. Both consume the model's
-    noise in the same order.
+    noise in the same order. Draws identical to rounding (for ``S > 1``) raise a ``UserWarning``: a model left
+    in eval mode, or one weight draw per call stacked.
     """
     if not callable(model):
         raise TypeError(f"model must be a callable inputs -> outputs, got {type(model).__name__}")
@@ -123,8 +126,23 @@ def sample_outputs(
             ]
         else:
             outs = [run(inputs[a : a + rows]) for _ in range(s) for a in range(0, batch, rows)]
-    out = torch.cat(outs)
-    return out.reshape(s, batch, *out.shape[1:])
+    out = torch.cat(outs).reshape(s, batch, *outs[0].shape[1:])
+    if s > 1 and out.is_floating_point() and _all_alike(out):
+        cause = "or draws its noise once per forward call (pass stack=False)" if stack else "(in eval mode?)"
+        warnings.warn(
+            f"the {s} draws of the model are identical: it is deterministic {cause}; the predictive has no "
+            "epistemic part",
+            UserWarning,
+            stacklevel=2,
+        )
+    return out
+
+
+def _all_alike(draws: Tensor) -> bool:
+    """Whether every draw equals the first to ``sqrt(eps)`` of the largest output (rounding differs by the
+    position of a row in a batch, so identical draws are not always equal bit for bit)."""
+    tol = math.sqrt(torch.finfo(draws.dtype).eps) * float(draws.abs().amax())
+    return bool(((draws - draws[:1]).abs() <= tol).all())
 
 
 def _log_mean_exp(x: Tensor, dim: int) -> Tensor:
