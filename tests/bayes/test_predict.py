@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 from torch import Tensor, nn
 
+from kldiv.bayes.objective import gaussian_nll
 from kldiv.bayes.predict import (
     ClassPredictive,
     class_predictive,
@@ -88,6 +89,11 @@ def test_metrics_of_the_mean_prediction_by_hand(tmp_path: Path) -> None:
     assert metrics.accuracy == pytest.approx(2 / 3, rel=1e-15)
     assert int(metrics.bins.count.sum()) == 3
     assert len(metrics.bins.count) == 15
+
+
+def test_one_bin_ece_is_the_gap_between_accuracy_and_mean_confidence() -> None:
+    metrics = classification_metrics(class_predictive(_logits_of(HAND_DRAWS)), HAND_LABELS, n_bins=1)
+    assert metrics.ece == pytest.approx(abs(2 / 3 - (0.85 + 0.75 + 0.65) / 3), rel=1e-12)
 
 
 def test_mutual_information_of_two_opposite_draws_by_hand() -> None:
@@ -303,6 +309,14 @@ def test_mixture_nll_against_scipy() -> None:
     assert float(mixture_nll(means, sigma, y)) == pytest.approx(expected.mean(), rel=1e-12)
 
 
+def test_mixture_nll_of_one_draw_is_the_gaussian_nll() -> None:
+    g = torch.Generator().manual_seed(13)
+    means = torch.randn(1, 5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    per_output = mixture_nll(means, 0.6, y, reduction="none")
+    torch.testing.assert_close(per_output.sum(1), gaussian_nll(means[0], y, 0.6), rtol=1e-14, atol=0)
+
+
 def test_mixture_nll_stays_finite_far_in_the_tails() -> None:
     means = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     y = torch.tensor([200.0], dtype=torch.float64)
@@ -367,6 +381,7 @@ def test_reliability_png_is_written(tmp_path: Path) -> None:
         (lambda: ood_auroc(torch.ones(2, 2), torch.ones(2)), ValueError, "in_scores"),
         (lambda: ood_auroc(torch.ones(2), torch.tensor([1.0, math.nan])), ValueError, "out_scores"),
         (lambda: ood_auroc(torch.ones(2), [1.0]), TypeError, "out_scores"),  # type: ignore[arg-type]
+        (lambda: ood_auroc(torch.ones(0), torch.ones(2)), ValueError, "in_scores"),
     ],
 )
 def test_bad_arguments_name_the_argument(call: object, error: type[Exception], words: str) -> None:
