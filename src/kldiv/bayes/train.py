@@ -55,6 +55,8 @@ __all__ = [
     "RegressionMetrics",
     "TrainConfig",
     "TrainResult",
+    "baseline_of",
+    "evaluate",
     "evaluate_ood",
     "load_config",
     "load_trained",
@@ -261,10 +263,11 @@ def load_trained(run_dir: str | Path) -> tuple[TrainConfig, nn.Module, nn.Module
     nets = build_networks(config)
     load_checkpoint(run_dir, model=nets)
     nets.eval()
-    return config, nets["bnn"], _baseline(nets)
+    return config, nets["bnn"], baseline_of(nets)
 
 
-def _baseline(nets: nn.ModuleDict) -> nn.Module | None:
+def baseline_of(nets: nn.ModuleDict) -> nn.Module | None:
+    """The baseline of the networks of :func:`build_networks`, or ``None``."""
     return nets["baseline"] if "baseline" in nets else None  # noqa: SIM401 (a ModuleDict has no get)
 
 
@@ -329,10 +332,11 @@ def _row(prefix: str, m: ClassMetrics | RegressionMetrics) -> dict[str, float]:
     return row
 
 
-def _evaluate(
+def evaluate(
     config: TrainConfig, nets: nn.ModuleDict, data: Data, seed: int
 ) -> tuple[ClassMetrics | RegressionMetrics, ClassMetrics | RegressionMetrics | None]:
-    """The test metrics of the Bayesian MLP (its draws from ``seed``) and of the baseline."""
+    """The test metrics of the Bayesian MLP (``config.samples`` draws, from ``seed``) and of the baseline (``None``
+    without one), for the networks of :func:`build_networks`."""
     out: list[ClassMetrics | RegressionMetrics] = []
     for name in ("bnn", "baseline"):
         if name not in nets:
@@ -420,17 +424,17 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Data 
                     sums["baseline_train_nll"] = losses["baseline"].detach() * size
                 loop.accumulate(size, **sums)
                 loop.show(loss=terms.loss, beta=beta_t)
-            ev, base = _evaluate(config, nets, data, config.seed + EVAL_SEED_OFFSET + epoch)
+            ev, base = evaluate(config, nets, data, config.seed + EVAL_SEED_OFFSET + epoch)
             row = {"beta": schedule(max(loop.step - 1, 0)), **_row("eval", ev)}
             loop.end_epoch(**row, **({} if base is None else _row("baseline", base)))
         loop.close()
-        test, baseline_test = _evaluate(config, nets, data, config.seed)
+        test, baseline_test = evaluate(config, nets, data, config.seed)
         nets.eval()
         if run.is_main and config.figures:
             _write_figures(config, nets, data, loop.metrics, (test, baseline_test), run.directory)
     return TrainResult(
         model=bnn,
-        baseline=_baseline(nets),
+        baseline=baseline_of(nets),
         metrics=loop.metrics,
         out_dir=run.directory,
         test=test,
