@@ -185,3 +185,19 @@ def test_cli_train_then_eval_writes_eval_json(tmp_path: Path) -> None:
     config, _bnn, baseline = load_trained(out)
     assert config.hidden == "16"
     assert baseline is not None
+
+
+def test_the_tour_section_comes_after_distillation_and_shows_the_wider_band(tmp_path: Path) -> None:
+    from kldiv.report import Context, Figure, Table, tour_sections
+    from kldiv.tour import import_section_modules
+
+    import_section_modules()
+    names = tour_sections.names()
+    assert names.index("bnn") > names.index("distill")
+    section = dict(tour_sections.items())["bnn"](Context(out_dir=tmp_path))
+    (table,) = [b for b in section.blocks if isinstance(b, Table)]
+    (figure,) = [b for b in section.blocks if isinstance(b, Figure)]
+    assert figure.png.startswith(b"\x89PNG\r\n\x1a\n")
+    bnn, baseline = table.rows
+    assert float(str(bnn[4])) > float(str(bnn[3]))  # the predictive std far from the data exceeds that on it
+    assert float(str(baseline[4])) == float(str(baseline[3]))
