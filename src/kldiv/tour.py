@@ -59,6 +59,7 @@ _SECTION_MODULES: tuple[str, ...] = (
     "kldiv.mle_tour",
     "kldiv.vae.tour",
     "kldiv.classify.tour",
+    "kldiv.bayes.tour",
 )
 """Modules (besides this one) that register tour sections on import, e.g. "kldiv.vae.tour"."""
 
