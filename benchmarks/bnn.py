@@ -1,33 +1,37 @@
 """Bayesian MLP on MNIST: gradient variance of the three sampling modes, epoch time, accuracy, calibration, OOD.
 
-The network is an MLP 784-400-400-10 (ReLU) of ``kldiv.bayes.BayesianLinear`` layers (softplus scale, initial
-std 1e-3, prior N(0, 1)) trained on the negative ELBO per example (``kldiv.bayes.negative_elbo``, KL weight 1),
-or of ``torch.nn.Linear`` layers trained on the cross-entropy (the deterministic baseline); Adam 1e-3, batch 128.
-Sections (``--part``), each a key of ``benchmarks/results/bnn.json`` (a run rewrites only its own):
+The network is the MLP 784-400-400-10 (ReLU) of the training app ``kldiv.bayes.train`` with its defaults:
+``kldiv.bayes.BayesianLinear`` layers (softplus scale, initial std 1e-3, prior N(0, 1), means at the
+deterministic MLP's initial weights) trained on the negative ELBO per example (``kldiv.bayes.negative_elbo``, KL
+weight 1), beside the same MLP of ``torch.nn.Linear`` layers trained on the cross-entropy (the deterministic
+baseline); Adam 1e-3, batch 128. Sections (``--part``), each a key of ``benchmarks/results/bnn.json`` (a run
+rewrites only its own):
 
-``variance``: on one fixed minibatch (the first 128 training images) and one network, the variance over
-``--draws`` noise draws of the gradient of the loss with respect to each layer's ``weight_mu`` and
+``variance`` (library code only): on one fixed minibatch (the first 128 training images) and one network, the
+variance over ``--draws`` noise draws of the gradient of the loss with respect to each layer's ``weight_mu`` and
 ``weight_rho``, averaged over the weights, for each mode (``reparam``, ``local``, ``flipout``), and its ratio to
 ``reparam``. Two networks: freshly initialized (seed 0) and briefly trained (``--variance-steps`` Adam steps in
 ``local`` mode from that initialization). The draws are split into ``GROUPS`` groups; the ratios are reported as
 median and range over the groups (each group an independent estimate). Also reported: the distance between the
 modes' mean gradients relative to their norm (all three estimate the same gradient).
 
-``timing``: one epoch of each side in a process of its own (``deterministic``, ``local``, ``reparam``,
-``flipout``), the same training loop for all (only the layers and the loss differ), rounds interleaved with the
-order reversed every other round, after one untimed warm-up epoch of every side. Reported: each side's epoch
-seconds and its ratio to the deterministic epoch of the same round (median and range). ``--load`` runs one
-competing CPU-bound process during the rounds.
+``timing``: one epoch of each side in a process of its own, rounds interleaved with the order reversed every
+other round, after one untimed warm-up epoch of every side. Sides ``deterministic``, ``reparam``, ``local`` and
+``flipout`` run the same training loop (written here from the library's layers and loss; only the layers and
+the loss differ); side ``app`` is the training app in ``--mode`` without its baseline, one more epoch per call
+(each call resumes the run; it evaluates on one test image, and that evaluation, timed again on its own, is
+subtracted). Reported: each side's epoch seconds and its ratio to the deterministic epoch of the same round
+(median and range). ``--load`` runs one competing CPU-bound process during the rounds.
 
-``train``: the Bayesian MLP (``--mode``, default ``local``) and the deterministic one, ``--epochs`` epochs each,
-then on the test set: accuracy, NLL, Brier score and ECE (15 bins) of the Monte Carlo predictive
-(``--samples`` draws, ``kldiv.bayes.predict_classes``), of the Bayesian network at its posterior means, and of
-the baseline; out-of-distribution detection (``kldiv.bayes.ood_auroc``) of the test images against the same
-images rotated by 90 degrees and against uniform noise images, scored by the predictive entropy and (Bayesian
-network) the mutual information.
+``train``: the training app (what ``kldiv bnn train --dataset mnist`` runs; ``--mode``, default ``local``),
+``--epochs`` epochs, then on the test set: accuracy, NLL, Brier score and ECE (15 bins) of the Monte Carlo
+predictive (``--samples`` draws), of the Bayesian network at its posterior means, and of the baseline;
+out-of-distribution detection (``kldiv.bayes.train.evaluate_ood``) of the test images against the same images
+rotated by 90 degrees and against uniform noise images: the AUROC of the predictive entropy and of the mutual
+information of the Bayesian network, and of the baseline's entropy.
 
 Run: ``.venv/bin/python -m benchmarks.bnn [--part variance|timing|train] [--load] [--data-dir DIR]`` (about
-10 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
+40 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
 writes ``bnn_quick.json``.
 """
 
@@ -35,9 +39,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from itertools import pairwise
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +54,12 @@ from benchmarks._common import DEFAULT_DATA, machine, mnist_subset, ratio_text, 
 from benchmarks._workers import Load, Worker, serve
 from kldiv.bayes import (
     BayesianLinear,
-    ClassPredictive,
+    bayesianize,
     class_predictive,
     classification_metrics,
     classification_nll,
     kl_loss,
     negative_elbo,
-    ood_auroc,
-    predict_classes,
 )
 from kldiv.bayes.layers import MODES, Mode
 
@@ -71,21 +74,20 @@ GROUPS = 10
 VARIANCE_STEPS = 500
 ROUNDS = 5
 QUICK = {"epochs": 1, "train_size": 5000, "test_size": 1000, "samples": 10, "draws": 100, "variance_steps": 100}
-SIDES = ("deterministic", *MODES)
+SIDES = ("deterministic", *MODES, "app")
 
 
 def _data(args: argparse.Namespace) -> Any:
     return mnist_subset(args.data_dir, train_size=args.train_size, test_size=args.test_size)
 
 
-def mlp(mode: Mode | None) -> nn.Sequential:
-    """The MLP of :data:`WIDTHS` with ReLUs: Bayesian layers sampling in ``mode``, or ``nn.Linear`` for None."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    for i, (fan_in, fan_out) in enumerate(pairwise(WIDTHS)):
-        layers.append(nn.Linear(fan_in, fan_out) if mode is None else BayesianLinear(fan_in, fan_out, mode=mode))
-        if i < len(WIDTHS) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+def network(mode: Mode | None) -> nn.Module:
+    """The training app's MLP of :data:`WIDTHS` (``kldiv.bayes.train.mlp``), converted to Bayesian layers sampling
+    in ``mode`` (means at the MLP's initial weights, as the app does), or left deterministic for None."""
+    from kldiv.bayes.train import mlp
+
+    net = mlp(WIDTHS)
+    return net if mode is None else bayesianize(net, mode=mode, inplace=True)
 
 
 def bayesian_layers(model: nn.Module) -> list[BayesianLinear]:
@@ -110,7 +112,7 @@ class Trainer:
 
     def __init__(self, mode: Mode | None, images: Tensor, labels: Tensor, *, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        self.model = mlp(mode)
+        self.model = network(mode)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.images, self.labels = images, labels
         self.generator = torch.Generator().manual_seed(seed)
@@ -252,9 +254,37 @@ def _print_variance(tables: dict[str, Any]) -> None:
 
 def timing_worker(args: argparse.Namespace) -> None:
     data = _data(args)
+    if args.worker == "app":
+        return app_worker(args, data)
     mode: Mode | None = None if args.worker == "deterministic" else args.worker
     trainer = Trainer(mode, data.train, data.train_labels, seed=0)
     serve(trainer.epoch, lambda: {"threads": torch.get_num_threads()})
+    return None
+
+
+def app_worker(args: argparse.Namespace, data: Any) -> None:
+    """The training app without its baseline, one more epoch per call (each call resumes the run), and its
+    epoch's evaluation (the Monte Carlo predictive on the test set) timed again on its own."""
+    from kldiv.bayes.train import TrainConfig, evaluate_classes, train
+    from kldiv.runs import RunOptions
+
+    config = TrainConfig(dataset="mnist", data_dir=str(args.data_dir), mode=args.mode, baseline=False, figures=False)
+    default_threads = torch.get_num_threads()
+    epochs: list[int] = []
+
+    def epoch() -> dict[str, Any]:
+        epochs.append(len(epochs) + 1)
+        options = RunOptions(out=args.out, resume=len(epochs) > 1, progress=False)
+        result = train(replace(config, epochs=len(epochs)), options, data=data)
+        row = result.metrics[-1]
+        torch.set_num_threads(int(row["threads"]))  # the epoch's evaluation ran at the count its steps chose
+        start = time.perf_counter()
+        evaluate_classes(result.model, data.test, data.test_labels, samples=config.samples, n_bins=config.n_bins)
+        evaluation = time.perf_counter() - start
+        torch.set_num_threads(default_threads)
+        return {"seconds": row["seconds"] - evaluation, "epoch_seconds": row["seconds"], "evaluation": evaluation}
+
+    serve(epoch, lambda: {"threads": default_threads})
 
 
 def timing_section(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,9 +293,11 @@ def timing_section(args: argparse.Namespace) -> dict[str, Any]:
     workers: dict[str, Worker] = {}
     rounds: list[dict[str, Any]] = []
     load = Load() if args.load else None
+    tmp = tempfile.TemporaryDirectory()
     try:
         for side in SIDES:
-            workers[side] = Worker(MODULE, side, common)
+            extra = ["--mode", args.mode, "--out", str(Path(tmp.name) / "app")] if side == "app" else []
+            workers[side] = Worker(MODULE, side, [*common, *extra])
         for side in SIDES:  # a warm-up epoch of every side, not timed: first-call costs (allocator, kernels)
             workers[side].ask("epoch")
         if load is not None:
@@ -291,6 +323,7 @@ def timing_section(args: argparse.Namespace) -> dict[str, Any]:
             worker.close()
         if load is not None:
             load.close()
+        tmp.cleanup()
     base = [r["deterministic"]["seconds"] for r in rounds]
     summary: dict[str, Any] = {}
     for side in SIDES:
@@ -321,79 +354,58 @@ def timing_section(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------- train
 
 
-def _metrics(predictive: ClassPredictive, labels: Tensor) -> dict[str, float]:
-    m = classification_metrics(predictive, labels)
-    return {
-        "accuracy": m.accuracy,
-        "nll": m.nll,
-        "brier": m.brier,
-        "ece": m.ece,
-        "predictive_entropy": m.predictive_entropy,
-        "mutual_information": m.mutual_information,
-    }
-
-
-def _ood_sets(test: Tensor, seed: int = 0) -> dict[str, Tensor]:
-    """The test images rotated by 90 degrees, and as many images of uniform noise in [0, 1]."""
-    noise = torch.rand(test.shape, generator=torch.Generator().manual_seed(seed))
-    return {"rotated": torch.rot90(test, 1, dims=(2, 3)), "noise": noise}
+def _metrics(m: Any) -> dict[str, float]:
+    """The figures of a :class:`kldiv.bayes.ClassMetrics`."""
+    names = ("accuracy", "nll", "brier", "ece", "predictive_entropy", "mutual_information")
+    return {name: float(getattr(m, name)) for name in names}
 
 
 def train_section(args: argparse.Namespace) -> dict[str, Any]:
+    """``kldiv.bayes.train`` (what ``kldiv bnn train`` runs) on MNIST, then its test metrics and OOD AUROCs."""
+    from kldiv.bayes.train import TrainConfig, evaluate_ood, train
+    from kldiv.runs import RunOptions
+
     data = _data(args)
     start_load = os.getloadavg()
-    trainers = {
-        "bnn": Trainer(args.mode, data.train, data.train_labels, seed=0),
-        "baseline": Trainer(None, data.train, data.train_labels, seed=0),
-    }
-    epochs: list[dict[str, Any]] = []
-    for e in range(args.epochs):
-        row: dict[str, Any] = {"epoch": e + 1, **{side: t.epoch() for side, t in trainers.items()}}
-        epochs.append(row)
-        print(
-            f"epoch {e + 1}: "
-            + ", ".join(f"{s} loss {row[s]['loss']:.4f} ({row[s]['seconds']:.1f} s)" for s in trainers),
-            flush=True,
-        )
-    bnn, baseline = trainers["bnn"].model, trainers["baseline"].model
-    inputs = {"test": data.test, **_ood_sets(data.test)}
-    start = time.perf_counter()
-    bnn.train()  # sample the weights (the network has no dropout or batch norm)
-    bnn_pred = {name: predict_classes(bnn, x, args.samples) for name, x in inputs.items()}
-    bnn.eval()
+    config = TrainConfig(
+        dataset="mnist",
+        data_dir=str(args.data_dir),
+        mode=args.mode,
+        epochs=args.epochs,
+        samples=args.samples,
+        figures=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = train(config, RunOptions(out=Path(tmp) / "bnn", progress=False), data=data)
+        seconds = time.perf_counter() - start
+    assert result.baseline is not None
+    assert result.baseline_test is not None
+    result.model.eval()
     with torch.no_grad():
-        mean_pred = class_predictive(bnn(data.test).unsqueeze(0))
-        base_pred = {name: class_predictive(baseline(x).unsqueeze(0)) for name, x in inputs.items()}
-    evaluation = time.perf_counter() - start
+        means = class_predictive(result.model(data.test).unsqueeze(0))  # the posterior means' prediction
+    start = time.perf_counter()
+    ood = evaluate_ood(result.model, result.baseline, data.test, samples=args.samples)
+    ood_seconds = time.perf_counter() - start
     test = {
-        "bnn": _metrics(bnn_pred["test"], data.test_labels),
-        "bnn_posterior_mean": _metrics(mean_pred, data.test_labels),
-        "baseline": _metrics(base_pred["test"], data.test_labels),
+        "bnn": _metrics(result.test),
+        "bnn_posterior_mean": _metrics(classification_metrics(means, data.test_labels)),
+        "baseline": _metrics(result.baseline_test),
     }
-    ood: dict[str, Any] = {}
-    for name in ("rotated", "noise"):
-        ood[name] = {
-            "bnn_entropy": ood_auroc(bnn_pred["test"].predictive_entropy, bnn_pred[name].predictive_entropy),
-            "bnn_mutual_information": ood_auroc(bnn_pred["test"].mutual_information, bnn_pred[name].mutual_information),
-            "baseline_entropy": ood_auroc(base_pred["test"].predictive_entropy, base_pred[name].predictive_entropy),
-        }
     _print_train(test, ood)
     return {
         "machine": machine(),
         "load_average_1_5_15": {"start": start_load, "end": os.getloadavg()},
         "settings": {
-            "mode": args.mode,
-            "epochs": args.epochs,
+            **{k: v for k, v in asdict(config).items() if k not in ("data_dir", "figures")},
             "train_size": args.train_size or 60_000,
             "test_size": args.test_size or 10_000,
-            "batch_size": BATCH,
-            "lr": LR,
-            "samples": args.samples,
-            "evaluation_seconds": evaluation,
+            "train_seconds": seconds,
+            "ood_seconds": ood_seconds,
         },
         "test": test,
         "ood_auroc": ood,
-        "epochs": epochs,
+        "epochs": result.metrics,
     }
 
 
@@ -432,6 +444,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small version of every part, for development")
     parser.add_argument("--load", action="store_true", help="run one competing CPU-bound process during the rounds")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     defaults = {
         "epochs": EPOCHS,
