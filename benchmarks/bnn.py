@@ -7,13 +7,14 @@ weight 1), beside the same MLP of ``torch.nn.Linear`` layers trained on the cros
 baseline); Adam 1e-3, batch 128. Sections (``--part``), each a key of ``benchmarks/results/bnn.json`` (a run
 rewrites only its own):
 
-``variance`` (library code only): on one fixed minibatch (the first 128 training images) and one network, the
-variance over ``--draws`` noise draws of the gradient of the loss with respect to each layer's ``weight_mu`` and
-``weight_rho``, averaged over the weights, for each mode (``reparam``, ``local``, ``flipout``), and its ratio to
-``reparam``. Two networks: freshly initialized (seed 0) and briefly trained (``--variance-steps`` Adam steps in
-``local`` mode from that initialization). The draws are split into ``GROUPS`` groups; the ratios are reported as
-median and range over the groups (each group an independent estimate). Also reported: the distance between the
-modes' mean gradients relative to their norm (all three estimate the same gradient).
+``variance`` (the library's layers and loss, the app not run): on one fixed minibatch (the first 128 training
+images) and one network, the variance over ``--draws`` noise draws of the gradient of the loss with respect to
+each layer's ``weight_mu`` and ``weight_rho``, averaged over the weights, for each mode (``reparam``, ``local``,
+``flipout``), and its ratio to ``reparam``. Two networks: freshly initialized (seed 0) and briefly trained
+(``--variance-steps`` Adam steps in ``local`` mode from that initialization). The draws are split into
+``GROUPS`` groups; the ratios are reported as median and range over the groups (each group an independent
+estimate). Also reported: the distance between the modes' mean gradients, relative to their norm and in
+standard errors of that distance (all three estimate the same gradient: about 1 standard error is expected).
 
 ``timing``: one epoch of each side in a process of its own, rounds interleaved with the order reversed every
 other round, after one untimed warm-up epoch of every side. Sides ``deterministic``, ``reparam``, ``local`` and
@@ -177,26 +178,32 @@ def _mean_variance(total: Tensor, square: Tensor, n: int) -> float:
 
 def _variance_table(model: nn.Module, x: Tensor, y: Tensor, dataset_size: int, draws: int) -> dict[str, Any]:
     per_group = draws // GROUPS
+    n = per_group * GROUPS
     moments: dict[Mode, dict[str, dict[str, Tensor]]] = {}
     for mode in MODES:
         set_mode(model, mode)
         torch.manual_seed(1)
-        moments[mode] = _gradient_moments(model, x, y, dataset_size, per_group * GROUPS)
+        moments[mode] = _gradient_moments(model, x, y, dataset_size, n)
     table: dict[str, Any] = {}
     for name in moments["reparam"]:
         base = moments["reparam"][name]
-        base_mean = base["sum"].sum(0) / (per_group * GROUPS)
+        base_mean = base["sum"].sum(0) / n
+        base_variance = _mean_variance(base["sum"].sum(0), base["square"].sum(0), n)
+        base_groups = [_mean_variance(base["sum"][g], base["square"][g], per_group) for g in range(GROUPS)]
         rows: dict[str, Any] = {}
         for mode in MODES:
             m = moments[mode][name]
+            variance = _mean_variance(m["sum"].sum(0), m["square"].sum(0), n)
             groups = [_mean_variance(m["sum"][g], m["square"][g], per_group) for g in range(GROUPS)]
-            base_groups = [_mean_variance(base["sum"][g], base["square"][g], per_group) for g in range(GROUPS)]
-            mean = m["sum"].sum(0) / (per_group * GROUPS)
+            distance = float((m["sum"].sum(0) / n - base_mean).norm())
+            # the standard error of that distance: sqrt of the summed variances of the two means' elements
+            error = ((variance + base_variance) * base_mean.numel() / n) ** 0.5
             rows[mode] = {
-                "variance": _mean_variance(m["sum"].sum(0), m["square"].sum(0), per_group * GROUPS),
+                "variance": variance,
                 "over_reparam": spread([a / b for a, b in zip(groups, base_groups, strict=True)]),
-                "mean_gradient_norm": float(mean.norm()),
-                "mean_gradient_distance_to_reparam": float((mean - base_mean).norm() / base_mean.norm()),
+                "mean_gradient_norm": float((m["sum"].sum(0) / n).norm()),
+                "mean_gradient_distance_to_reparam": distance / float(base_mean.norm()),
+                "mean_gradient_distance_in_standard_errors": distance / error,
             }
         table[name] = rows
     return table
