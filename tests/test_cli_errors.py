@@ -163,6 +163,23 @@ CASES: list[tuple[list[str], str]] = [
     (["mle", "--samples", "1"], "--samples"),
     (["mle", "--seed", "-1"], "--seed"),
     (["mle", "--out", "{file}"], "--out"),
+    # kldiv bnn train
+    (["bnn", "train", "--task", "segment"], "--task"),
+    (["bnn", "train", "--mode", "dropout"], "--mode"),
+    (["bnn", "train", "--prior", "laplace"], "--prior"),
+    (["bnn", "train", "--prior-sigma", "0"], "--prior-sigma"),
+    (["bnn", "train", "--init-std", "-1"], "--init-std"),
+    (["bnn", "train", "--hidden", "400,x"], "--hidden"),
+    (["bnn", "train", "--kl-schedule", "sometimes"], "--kl-schedule"),
+    (["bnn", "train", "--beta", "-1"], "--beta"),
+    (["bnn", "train", "--samples", "0"], "--samples"),
+    (["bnn", "train", "--noise-std", "0.1"], "--noise-std"),
+    (["bnn", "train", "--task", "regression", "--dataset", "mnist"], "--dataset"),
+    (["bnn", "train", "--epochs", "0"], "--epochs"),
+    (["bnn", "train", "--dataset", "mnist", "--data-dir", "{missing}"], "--data-dir"),
+    # kldiv bnn eval
+    (["bnn", "eval", "{missing}"], "{missing}"),
+    (["bnn", "eval", "{run}", "--ood", "blur"], "--ood"),
 ]
 
 

@@ -123,7 +123,7 @@ def train_command(
         result = train(config, options)
     for name, m in (("BNN", result.test), ("baseline", result.baseline_test)):
         if isinstance(m, RegressionMetrics):
-            console().print(f"{name} test: mixture NLL {m.nll:.4f} nats, RMSE {m.rmse:.4f}")
+            console().print(f"{name} test: predictive NLL {m.nll:.4f} nats, RMSE {m.rmse:.4f}")
         elif m is not None:
             console().print(
                 f"{name} test: accuracy {m.accuracy:.4f}, NLL {m.nll:.4f} nats, ECE {m.ece:.4f}, Brier {m.brier:.4f}"
