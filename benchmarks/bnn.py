@@ -32,7 +32,7 @@ rotated by 90 degrees and against uniform noise images: the AUROC of the predict
 information of the Bayesian network, and of the baseline's entropy.
 
 Run: ``.venv/bin/python -m benchmarks.bnn [--part variance|timing|train] [--load] [--data-dir DIR]`` (about
-40 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
+17 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
 writes ``bnn_quick.json``.
 """
 
