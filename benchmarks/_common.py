@@ -130,3 +130,33 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def mnist_subset(data_dir: Path, *, train_size: int, test_size: int) -> Any:
+    """MNIST from ``data_dir`` (:func:`kldiv.data.load_mnist`), its training and test sets cut to their first
+    ``train_size`` and ``test_size`` images (0: all)."""
+    from dataclasses import replace
+
+    from kldiv.data import load_mnist
+
+    data = load_mnist(data_dir)
+    if train_size:
+        data = replace(data, train=data.train[:train_size], train_labels=data.train_labels[:train_size])
+    if test_size:
+        data = replace(data, test=data.test[:test_size], test_labels=data.test_labels[:test_size])
+    return data
+
+
+def run_sections(name: str, sections: dict[str, Callable[[Any], dict[str, Any]]], part: str, args: Any) -> Path:
+    """Measure the section ``part`` of ``sections`` (``"all"``: every one) on MNIST at ``args.data_dir`` (a
+    SystemExit saying the run is skipped when it is absent), each into its key of ``results/<name>.json``, which
+    keeps the keys of the sections not run."""
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"skipped: MNIST not found at {args.data_dir}; pass --data-dir or set KLDIV_DATA")
+    path = RESULTS / f"{name}.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    for section in sections if part == "all" else [part]:
+        results[section] = sections[section](args)
+        path = write_json(name, results)  # after each section, so a later failure keeps the earlier ones
+    print(f"wrote {path}")
+    return path

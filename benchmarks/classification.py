@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import DEFAULT_DATA, RESULTS, machine, ratio_text, spread, write_json
+from benchmarks._common import DEFAULT_DATA, machine, mnist_subset, ratio_text, run_sections, spread
 from benchmarks._workers import Load, Worker, serve
 
 MODULE = "benchmarks.classification"
@@ -66,16 +65,7 @@ OURS = ("kl-uniform", "none")
 
 
 def _data(args: argparse.Namespace) -> Any:
-    """MNIST from ``args.data_dir``, its training and test sets cut to their first ``args.train_size`` and
-    ``args.test_size`` images (0: all)."""
-    from kldiv.data import load_mnist
-
-    data = load_mnist(args.data_dir)
-    if args.train_size:
-        data = replace(data, train=data.train[: args.train_size], train_labels=data.train_labels[: args.train_size])
-    if args.test_size:
-        data = replace(data, test=data.test[: args.test_size], test_labels=data.test_labels[: args.test_size])
-    return data
+    return mnist_subset(args.data_dir, train_size=args.train_size, test_size=args.test_size)
 
 
 # ------------------------------------------------------------------------------------------------- workers
@@ -349,15 +339,7 @@ def main() -> None:
         return tutorial_worker(args)
     if args.worker == "library":
         return library_worker(args)
-    if not args.data_dir.is_dir():
-        raise SystemExit(f"skipped: MNIST not found at {args.data_dir}; pass --data-dir or set KLDIV_DATA")
-    name = "classification_quick" if args.quick else "classification"
-    path = RESULTS / f"{name}.json"
-    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    for part in SECTIONS if args.part == "all" else [args.part]:
-        results[part] = SECTIONS[part](args)
-        path = write_json(name, results)  # after each section, so a later failure keeps the earlier ones
-    print(f"wrote {path}")
+    run_sections("classification_quick" if args.quick else "classification", SECTIONS, args.part, args)
     return None
 
 
