@@ -25,3 +25,13 @@ def _validation_back_on() -> Iterator[None]:
     """A test that switches kldiv's validation off must not leave it off for the tests after it."""
     yield
     kldiv.set_validation(True)
+
+
+@pytest.fixture(autouse=True)
+def _mpmath_precision_restored() -> Iterator[None]:
+    """mpmath's working precision is global: a test that changes it must not lower it for the tests after it."""
+    import mpmath
+
+    precision = mpmath.mp.prec
+    yield
+    mpmath.mp.prec = precision

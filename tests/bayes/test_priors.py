@@ -39,7 +39,11 @@ def test_gaussian_closed_form_matches_monte_carlo() -> None:
 def _mixture_kl_quadrature(prior: ScaleMixturePrior, mu: float, std: float) -> float:
     """KL(N(mu, std^2) || prior) = integral of q(w) (log q(w) - log p(w)) dw, by mpmath at 20 digits, split at
     mu +- k std and at the narrow component's scale so that both peaks are resolved."""
-    mpmath.mp.dps = 20
+    with mpmath.workdps(20):  # local: other test modules set their own precision
+        return _mixture_kl_quadrature_at_precision(prior, mu, std)
+
+
+def _mixture_kl_quadrature_at_precision(prior: ScaleMixturePrior, mu: float, std: float) -> float:
     mu_, s = mpmath.mpf(mu), mpmath.mpf(std)
 
     def log_normal(w: mpmath.mpf, sigma: mpmath.mpf, m: mpmath.mpf | int = 0) -> mpmath.mpf:
