@@ -37,7 +37,11 @@ import kldiv
 from kldiv import generators
 
 mp.mp.dps = 50
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# pairs whose value is infinite (disjoint supports, e.g. for jeffreys) are skipped by assume(); for some functions
+# that is most random pairs, which is expected: the health check about it would fail a correct test at random
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 RTOL = {torch.float32: 1e-4, torch.float64: 1e-11}
 Mp = Any  # an mpmath number
 Vec = list[Mp]
