@@ -221,7 +221,7 @@ Data = ImageDataset | ToyData
 
 
 def load_data(config: TrainConfig) -> Data:
-    """The configuration's data: the image dataset, or the toy set generated from the seed."""
+    """The configuration's data: the image dataset, or the toy set generated from the random seed."""
     if config.task == "regression":
         return toy_regression(config.seed)
     assert config.dataset is not None

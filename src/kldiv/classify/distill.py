@@ -3,7 +3,7 @@
 Every model is an ordinary classification run (:func:`kldiv.classify.train.train`) in its own directory under
 ``out``: ``teacher`` (unless an existing run is given as ``teacher``), ``labels-seed{S}`` and
 ``distilled-seed{S}``. The two students of a seed are paired: the same subset of the training set
-(``train_fraction``, drawn from the seed), the same initial weights and the same order of batches; only their
+(``train_fraction``, drawn from the random seed), the same initial weights and the same order of batches; only their
 loss differs (the cross-entropy of the labels, or Hinton's loss against the teacher). The teacher trains on the
 whole training set, so with ``train_fraction < 1`` it knows more than the labels the students see.
 
@@ -98,8 +98,8 @@ def teacher_config(config: DistillConfig) -> TrainConfig:
 
 
 def student_config(config: DistillConfig, seed: int, *, teacher: str | None) -> TrainConfig:
-    """A student's run: the MLP on the seed's subset; distilled from ``teacher`` (a run directory), or, with
-    ``None``, trained on the labels alone."""
+    """A student's run: the MLP on the subset drawn from the random seed; distilled from ``teacher`` (a run
+    directory), or, with ``None``, trained on the labels alone."""
     distilled = teacher is not None
     return TrainConfig(
         dataset=config.dataset,

@@ -5,7 +5,7 @@ whose formulas all come from :mod:`kldiv.losses`); by default the tutorial's: ``
 batch-average prediction. Given a ``teacher`` (the run directory of another classification run), the loss is
 instead Hinton's distillation loss against the teacher's logits on the training images, computed once, in eval
 mode, before training; a regularizer cannot be added to it. ``train_fraction`` trains on a class-stratified random
-subset of the training set drawn from the seed (:func:`training_subset`), the same for every run of that seed.
+subset of the training set drawn from the random seed (:func:`training_subset`), the same for every run of that seed.
 The metrics come from :mod:`kldiv.metrics`; the run directory, checkpoints, exact resume, metrics file, progress
 bar and NaN stop from :mod:`kldiv.runs`. Training runs in one process.
 """
