@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,11 +188,6 @@ class TrainConfig:
             return GaussianPrior(self.prior_sigma)
         return ScaleMixturePrior(pi=MIXTURE_PI, sigma1=self.prior_sigma, sigma2=MIXTURE_SIGMA2)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
 
 @dataclass(frozen=True)
 class RegressionMetrics:
@@ -230,7 +225,7 @@ def load_data(config: TrainConfig) -> Data:
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The configuration the run's last checkpoint was trained with."""
-    return load_run_config(run_dir, COMMAND, TrainConfig.from_dict)
+    return load_run_config(run_dir, COMMAND, TrainConfig)
 
 
 def mlp(sizes: tuple[int, ...]) -> nn.Sequential:

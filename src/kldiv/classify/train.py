@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +171,6 @@ class TrainConfig:
         """The target distribution of ``kl-target`` as a float32 tensor ``(C,)``, else ``None``."""
         return None if self.target is None else torch.tensor(parse_target(self.target))
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
 
 @dataclass
 class TrainResult:
@@ -194,7 +189,7 @@ def load_data(config: TrainConfig) -> ImageDataset:
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The configuration the run's last checkpoint was trained with."""
-    return load_run_config(run_dir, COMMAND, TrainConfig.from_dict)
+    return load_run_config(run_dir, COMMAND, TrainConfig)
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, Classifier]:

@@ -30,7 +30,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -167,17 +167,19 @@ def saved_config(directory: str | Path) -> tuple[dict[str, JSONValue], Path] | N
     return info.config, info.path
 
 
-def load_config(directory: str | Path, command: str, build: Callable[[dict[str, Any]], T]) -> T:
-    """The configuration the run's last checkpoint was trained with, built by ``build``; raises ValueError when
-    the directory holds a run of another command or a configuration ``build`` rejects."""
+def load_config(directory: str | Path, command: str, config_type: Callable[..., T]) -> T:
+    """The configuration the run's last checkpoint was trained with, as the dataclass ``config_type`` (entries it
+    has no field for, such as the data's fingerprint, are left out); raises ValueError when the directory holds a
+    run of another command or a configuration ``config_type`` rejects."""
     info = read_run(directory)
     if info.command != command:
         raise ValueError(f"{directory} holds a run of `kldiv {info.command}`, not of `kldiv {command}`")
     saved = saved_config(directory)
     assert saved is not None  # run.json exists
     config, where = saved
+    known = {f.name for f in fields(config_type)}  # type: ignore[arg-type]
     try:
-        return build(config)
+        return config_type(**{k: v for k, v in config.items() if k in known})
     except (OptionError, TypeError) as e:
         raise ValueError(f"{where}: the run's configuration is invalid ({e})") from None
 

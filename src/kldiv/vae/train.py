@@ -12,7 +12,7 @@ averaged gradient equals the single-process one on the same global batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +88,6 @@ class TrainConfig:
             raise OptionError("schedule", str(e)) from None
         return Scaled(inner, self.beta)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
 
 @dataclass
 class TrainResult:
@@ -111,7 +106,7 @@ def load_data(config: TrainConfig) -> ImageDataset:
 
 def load_config(run_dir: str | Path) -> TrainConfig:
     """The configuration the run's last checkpoint was trained with."""
-    return load_run_config(run_dir, COMMAND, TrainConfig.from_dict)
+    return load_run_config(run_dir, COMMAND, TrainConfig)
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VAE]:
