@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from torch import Tensor
 
+import kldiv
 from kldiv.metrics import (
     accuracy,
     brier_score,
@@ -40,6 +41,17 @@ def test_accuracy_hand_case_and_ties_take_the_first_class() -> None:
     labels = torch.tensor([1, 1, 2, 2])  # right, wrong (tie -> class 0), right, wrong
     assert accuracy(scores, labels).item() == 0.5
     assert accuracy(scores.float()[None], labels[None]).item() == 0.5  # any batch shape, float32
+
+
+def test_accuracy_skips_its_value_checks_only_with_validation_off() -> None:
+    scores = torch.tensor([[0.1, 2.0, -1.0], [3.0, 1.0, 0.0]], dtype=DT)
+    labels = torch.tensor([1, 7])  # 7 is no class id
+    with pytest.raises(ValueError, match="outside the class ids"):
+        accuracy(scores, labels)
+    with pytest.raises(ValueError, match="NaN in row 1"):
+        accuracy(torch.tensor([[0.0, 1.0], [math.nan, 0.0]]), torch.tensor([1, 0]))
+    with kldiv.validation(False):  # as in a training step: an id that is no class is never the top class
+        assert accuracy(scores, labels).item() == 0.5
 
 
 def test_negative_log_likelihood_against_a_loop() -> None:

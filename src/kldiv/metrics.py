@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kldiv._validate import is_validation_enabled
 from kldiv.losses.options import check_choice, check_label_tensor, check_probs
 from kldiv.losses.rows import cross_entropy_rows, log_of_probs, reduce_rows, rows_per_chunk
 
@@ -38,9 +39,11 @@ class CalibrationBins:
     ece: Tensor
 
 
-def _rows(name: str, probs: object, labels: object, *, check: bool) -> tuple[Tensor, Tensor, torch.Size]:
-    """The argument ``name`` as float64 rows (N, C) (checked to be probabilities if ``check``), the labels (N,),
-    and the batch shape ``(...)``."""
+def _rows(
+    name: str, probs: object, labels: object, *, check: bool, check_labels: bool = True
+) -> tuple[Tensor, Tensor, torch.Size]:
+    """The argument ``name`` as float64 rows (N, C) (checked to be probabilities if ``check``), the labels (N,)
+    (checked to be class ids if ``check_labels``), and the batch shape ``(...)``."""
     if not isinstance(probs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
     if not probs.is_floating_point():
@@ -59,8 +62,8 @@ def _rows(name: str, probs: object, labels: object, *, check: bool) -> tuple[Ten
         expected=f"{tuple(batch_shape)}, the shape of {name} without its last (class) dimension",
     )
     flat = labels.reshape(-1).to(device=rows.device, dtype=torch.int64)
-    outside = (flat < 0) | (flat >= n_classes)
-    if bool(outside.any()):
+    outside = (flat < 0) | (flat >= n_classes) if check_labels else None
+    if outside is not None and bool(outside.any()):
         i = int(outside.nonzero()[0, 0])
         where = tuple(int(k) for k in np.unravel_index(i, tuple(batch_shape)))
         raise ValueError(f"labels holds {int(flat[i])} at index {where}, outside the class ids [0, {n_classes})")
@@ -79,10 +82,12 @@ def accuracy(scores: Tensor, labels: Tensor) -> Tensor:
     """``(1/N) sum_i [argmax_c s_ic = y_i]``: the fraction of samples whose top class is the label.
 
     ``scores`` may be probabilities, log-probabilities or logits (the argmax is the same); of tied maxima the
-    first counts. NaN scores raise ``ValueError``.
+    first counts. NaN scores and labels outside the class ids raise ``ValueError`` (unless validation is off:
+    ``kldiv.validation(False)``, as in a training step).
     """
-    rows, lab, _ = _rows("scores", scores, labels, check=False)
-    if bool(torch.isnan(rows).any()):
+    checked = is_validation_enabled()
+    rows, lab, _ = _rows("scores", scores, labels, check=False, check_labels=checked)
+    if checked and bool(torch.isnan(rows).any()):
         flat = int(torch.isnan(rows).nonzero()[0, 0])
         raise ValueError(f"scores holds NaN in row {flat} (of the flattened batch); its top class is undefined")
     return (rows.argmax(-1) == lab).to(torch.float64).mean()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from torch import Tensor
-from torch.autograd import gradcheck
+from torch.autograd import gradcheck, gradgradcheck
 
 import kldiv
 from kldiv.losses import (
@@ -391,6 +391,27 @@ def test_gradcheck(name: str, masked: bool) -> None:
 
     assert bool(torch.isfinite(f(theta)).all())
     assert gradcheck(f, (theta,))
+
+
+def test_marginal_kl_gradient_with_a_class_no_sample_can_take() -> None:
+    # column 2 is -inf in every row: pbar_2 = 0, whose log is -inf; the closed-form gradient stays finite
+    finite = torch.ones(4, 5, dtype=torch.bool)
+    finite[:, 2] = False
+    finite[1, 0] = False
+    theta = _logits(int(finite.sum()), seed=8).requires_grad_()
+
+    def f(t: Tensor) -> Tensor:
+        return marginal_kl_to_uniform(_scatter(t, finite))
+
+    assert gradcheck(f, (theta,))
+    assert gradgradcheck(f, (theta,))
+
+
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_marginal_kl_second_derivatives_and_any_class_dimension(dim: int) -> None:
+    x = _logits(2, 3, 4, seed=9).requires_grad_()
+    assert gradcheck(lambda t: marginal_kl_to_uniform(t, dim=dim), (x,))
+    assert gradgradcheck(lambda t: marginal_kl_to_uniform(t, dim=dim), (x,))
 
 
 def test_gradcheck_label_smoothing_interior() -> None:

@@ -351,7 +351,7 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, data: Image
                 optimizer.zero_grad(set_to_none=True)
                 terms.total.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
-                with torch.no_grad():
+                with torch.no_grad(), validation(False):
                     size = x.shape[0]
                     extra = {} if terms.teacher_kl is None else {"train_teacher_kl": terms.teacher_kl * size}
                     loop.accumulate(

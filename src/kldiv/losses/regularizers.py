@@ -26,7 +26,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from kldiv._numerics import INF, log_softmax
+from kldiv._numerics import log_softmax, with_gradient
 from kldiv._validate import check_log_space, check_scalar, event_shape
 from kldiv.discrete import _logit_difference, cross_entropy_log, entropy_log, kl_log
 from kldiv.losses.options import check_choice, check_labels, check_probs, compute_dtype, valid_rows
@@ -114,6 +114,26 @@ def kl_target_to_model(
     return _reduce(kl_log(log_t, log_p, -1, -ratio), reduction)
 
 
+def _marginal_value(rows: Tensor) -> Tensor:
+    """``KL(pbar || U)`` of the logits ``rows`` ``(B, C)``: ``log pbar = log_softmax_c(logsumexp_b log p_b)``
+    (a class no sample can take gets -inf), then the KL of the ``C`` probabilities in float64."""
+    log_marginal = torch.log_softmax(torch.logsumexp(torch.log_softmax(rows, -1), 0).double(), -1)
+    uniform = torch.full_like(log_marginal, -math.log(rows.shape[1]))
+    return kl_log(log_marginal, uniform, -1).to(rows.dtype)
+
+
+def _marginal_gradient(grad: Tensor, _value: Tensor, x: Tensor) -> tuple[Tensor]:
+    """``dKL/dx_bk = p_bk (l_k - sum_c p_bc l_c) / B`` with ``l = log pbar`` (0 where ``pbar = 0``, as then
+    ``p_bk = 0``): the chain rule through ``pbar = mean_b softmax(x_b)``, ``dKL/dpbar_c = log pbar_c + 1 + log C``
+    (the constants cancel against ``sum_c p_bc = 1``)."""
+    p = torch.softmax(x, -1)
+    marginal = p.mean(0)
+    present = marginal > 0
+    log_marginal = torch.where(present, torch.log(torch.where(present, marginal, 1.0)), 0.0)
+    centered = log_marginal - (p * log_marginal).sum(-1, keepdim=True)
+    return (grad * p * centered / x.shape[0],)
+
+
 def marginal_kl_to_uniform(logits: Tensor, *, dim: int = -1) -> Tensor:
     """``KL(pbar || U) = log C - H(pbar)`` of the batch marginal ``pbar = mean_b softmax(logits_b)`` and the
     uniform distribution over the ``C`` classes: a scalar in ``[0, log C]``.
@@ -122,17 +142,14 @@ def marginal_kl_to_uniform(logits: Tensor, *, dim: int = -1) -> Tensor:
     average (each prediction may still be confident) and ``log C`` when every sample puts all its mass on the
     same class: a class-balance term, not a per-sample one (that is :func:`confidence_penalty`, or
     :func:`kl_model_to_target` with a uniform target). ``log pbar`` is formed exactly as
-    ``logsumexp_b log p_b - log B``. Reference: Cover & Thomas (2006), eq. 2.26 and theorem 2.6.4.
+    ``logsumexp_b log p_b - log B``; the gradient is the closed form ``p_bk (log pbar_k - sum_c p_bc log pbar_c)
+    / B``. Reference: Cover & Thomas (2006), eq. 2.26 and theorem 2.6.4.
     """
     x = _classes_last(logits, dim)
-    n_classes = x.shape[-1]
-    log_p = log_softmax(x.reshape(-1, n_classes), -1)
-    if log_p.shape[0] == 0:
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
         raise ValueError(f"logits of shape {tuple(x.shape)} hold no sample; the batch marginal needs at least one")
-    absent = log_p.amax(0) == -INF  # a class no sample can take: logsumexp's gradient would be NaN there
-    total = torch.logsumexp(torch.where(absent, 0.0, log_p), 0)
-    log_marginal = log_softmax(torch.where(absent, -INF, total - math.log(log_p.shape[0])), -1)
-    return kl_log(log_marginal, torch.full_like(log_marginal, -math.log(n_classes)), -1)
+    return with_gradient(_marginal_value, _marginal_gradient, rows)
 
 
 def confidence_penalty(
