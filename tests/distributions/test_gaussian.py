@@ -163,6 +163,42 @@ def test_kl_normal_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: G.kl_normal(*a), near)
 
 
+def test_kl_normal_second_derivatives_and_broadcast_arguments() -> None:
+    # a prior's scalar parameters broadcast against a posterior's vector, as in a Bayesian layer
+    mu1, s1 = t([0.3, -1.0, 0.0]).requires_grad_(), t([0.7, 2.0, 1.0]).requires_grad_()
+    mu2, s2 = t(0.2).requires_grad_(), t(1.3).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: G.kl_normal(*a), (mu1, s1, mu2, s2))
+    assert torch.autograd.gradgradcheck(lambda *a: G.kl_normal(*a), (mu1, s1, mu2, s2))
+    # only the posterior's parameters take gradients: the others get none
+    (g_mu, g_s) = torch.autograd.grad(G.kl_normal(mu1, s1, t(0.0), t(1.0)).sum(), (mu1, s1))
+    torch.testing.assert_close(g_mu, mu1.detach(), rtol=1e-15, atol=0)  # z / s2 with s2 = 1
+    torch.testing.assert_close(g_s, s1.detach() - 1 / s1.detach(), rtol=1e-14, atol=1e-16)
+
+
+def test_kl_normal_gradient_is_relatively_accurate_near_equal_scales() -> None:
+    for delta in (1e-6, -1e-9, 1e-12):
+        s1 = t(1.0 + delta).requires_grad_()
+        s2 = t(1.0 - 1e-7).requires_grad_()
+        g1, g2 = torch.autograd.grad(G.kl_normal(t(0.0), s1, t(0.0), s2), (s1, s2))
+        with mpmath.workdps(40):
+            a, b = mpmath.mpf(s1.item()), mpmath.mpf(s2.item())
+            r2 = (a / b) ** 2
+            assert float(g1) == pytest.approx(float((r2 - 1) / a), rel=1e-9)
+            assert float(g2) == pytest.approx(float((1 - r2) / b), rel=1e-9)
+
+
+def test_kl_normal_gradient_at_point_masses_with_validation_off_is_zero() -> None:
+    mu1, s1 = t([0.0, 0.0, 1.0]).requires_grad_(), t([0.0, 1.0, 0.5]).requires_grad_()
+    with kldiv.validation(False):
+        value = G.kl_normal(mu1, s1, t([0.0, 0.0, 0.0]), t([1.0, 0.0, 1.0]))
+        g_mu, g_s = torch.autograd.grad(value.clamp(max=1e300).sum(), (mu1, s1))
+    assert value.tolist()[:2] == [math.inf, math.inf]
+    assert g_mu.tolist()[:2] == [0.0, 0.0]
+    assert g_s.tolist()[:2] == [0.0, 0.0]
+    assert g_mu[2].item() == pytest.approx(1.0)
+    assert g_s[2].item() == pytest.approx(0.5 - 2.0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # VAE form
 # ----------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch.distributions import (
 )
 
 from kldiv._array import Inputs, NumpyResult, as_inputs
-from kldiv._numerics import INF, expm1_minus_x, kl_terms_from_log_ratio, log_ratio
+from kldiv._numerics import INF, expm1_minus_x, kl_terms_from_log_ratio, log_ratio, with_gradient
 from kldiv._validate import _first, _fmt, check_scalar, is_validation_enabled
 from kldiv.discrete import kl_log
 from kldiv.distributions.mc import Estimate, kl_mc
@@ -169,16 +169,13 @@ _SMALL_KL = 1e-6
 so a kept value is accurate to about ``eps * sqrt(2 / KL)`` <= 3e-13 relative."""
 
 
-def _kl_normal_kernel(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tensor:
-    """KL(N(mu1, s1^2) || N(mu2, s2^2)) without validation; point masses (s = 0) as described in kl_normal.
+def _kl_normal_value(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tensor:
+    """KL(N(mu1, s1^2) || N(mu2, s2^2)), values only (no validation); point masses (s = 0) as in kl_normal.
 
     Fast pass: ``0.5 (r^2 - 1) - log r + z^2 / 2 = u - log r + u^2 / 2 + z^2 / 2`` with ``u = r - 1`` and
     ``z = (mu1 - mu2) / s2``; values below ``_SMALL_KL`` or NaN (near-equal distributions; s = 0 or inf) are
-    recomputed by the careful kernel on those entries only. With
-    gradients the careful kernel runs everywhere (masked branches keep the gradients finite).
+    recomputed by the careful kernel on those entries only.
     """
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (mu1, s1, mu2, s2)):
-        return _kl_normal_careful(mu1, s1, mu2, s2)
     u = torch.div(s1, s2)
     value = torch.log(u)
     u.sub_(1.0)
@@ -195,6 +192,35 @@ def _kl_normal_kernel(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tenso
         args = [x.expand(shape)[idx] for x in (mu1, s1, mu2, s2)]
         value = value.index_put_(idx, _kl_normal_careful(*args))
     return value
+
+
+def _kl_normal_gradient(
+    grad: Tensor, _value: Tensor, mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor
+) -> tuple[Tensor | None, ...]:
+    """The closed-form derivatives of the Normal KL, with ``z = (mu1 - mu2) / s2`` and ``u = (s1 - s2) / s2``
+    (exact near ``s1 = s2``, Sterbenz): ``dKL/dmu1 = -dKL/dmu2 = z / s2``, ``dKL/ds1 = (r^2 - 1) / s1 = u (u + 2)
+    / s1`` and ``dKL/ds2 = (1 - r^2 - z^2) / s2 = -(u (u + 2) + z^2) / s2``; 0 where a scale is 0 (a point mass,
+    whose KL is 0 or +inf). Each is summed to its argument's shape; ``None`` for an argument without gradient."""
+    s1s, s2s, g = s1, s2, grad
+    if not all(x.numel() == 0 or bool(x.amin() > 0) for x in (s1, s2)):  # a point mass (validation off)
+        pos = (s1 > 0) & (s2 > 0)
+        s1s, s2s, g = torch.where(pos, s1, 1.0), torch.where(pos, s2, 1.0), torch.where(pos, grad, 0.0)
+    z = (mu1 - mu2) / s2s
+    u = (s1s - s2s) / s2s
+    spread = u * (u + 2.0)
+    g_mu1 = g * z / s2s if mu1.requires_grad or mu2.requires_grad else None
+    return (
+        None if g_mu1 is None or not mu1.requires_grad else g_mu1.sum_to_size(mu1.shape),
+        (g * spread / s1s).sum_to_size(s1.shape) if s1.requires_grad else None,
+        None if g_mu1 is None or not mu2.requires_grad else (-g_mu1).sum_to_size(mu2.shape),
+        (-g * (spread + z * z) / s2s).sum_to_size(s2.shape) if s2.requires_grad else None,
+    )
+
+
+def _kl_normal_kernel(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> Tensor:
+    """KL(N(mu1, s1^2) || N(mu2, s2^2)) without validation (:func:`_kl_normal_value`), differentiated by the
+    closed form (:func:`_kl_normal_gradient`)."""
+    return with_gradient(_kl_normal_value, _kl_normal_gradient, mu1, s1, mu2, s2)
 
 
 def _normal_params_ok(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor) -> bool:
