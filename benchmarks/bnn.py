@@ -25,14 +25,15 @@ subtracted). Reported: each side's epoch seconds and its ratio to the determinis
 (median and range). ``--load`` runs one competing CPU-bound process during the rounds.
 
 ``train``: the training app (what ``kldiv bnn train --dataset mnist`` runs; ``--mode``, default ``local``),
-``--epochs`` epochs, then on the test set: accuracy, NLL, Brier score and ECE (15 bins) of the Monte Carlo
+``--epochs`` epochs, once per prior of ``--priors`` (default ``gaussian,mixture``: N(0, 1) and the scale
+mixture of Blundell et al.), then on the test set: accuracy, NLL, Brier score and ECE (15 bins) of the Monte Carlo
 predictive (``--samples`` draws), of the Bayesian network at its posterior means, and of the baseline;
 out-of-distribution detection (``kldiv.bayes.train.evaluate_ood``) of the test images against the same images
 rotated by 90 degrees and against uniform noise images: the AUROC of the predictive entropy and of the mutual
 information of the Bayesian network, and of the baseline's entropy.
 
 Run: ``.venv/bin/python -m benchmarks.bnn [--part variance|timing|train] [--load] [--data-dir DIR]`` (about
-17 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
+15 minutes on a quiet 2-core CPU); ``--quick`` (1 epoch on 5000 training images, 1000 test images, fewer draws)
 writes ``bnn_quick.json``.
 """
 
@@ -368,51 +369,63 @@ def _metrics(m: Any) -> dict[str, float]:
 
 
 def train_section(args: argparse.Namespace) -> dict[str, Any]:
-    """``kldiv.bayes.train`` (what ``kldiv bnn train`` runs) on MNIST, then its test metrics and OOD AUROCs."""
+    """``kldiv.bayes.train`` (what ``kldiv bnn train`` runs) on MNIST under each prior of ``--priors``, then
+    the test metrics and OOD AUROCs of each (the baseline is trained with the first; it is the same network on
+    the same batches in every run)."""
     from kldiv.bayes.train import TrainConfig, evaluate_ood, train
     from kldiv.runs import RunOptions
 
     data = _data(args)
     start_load = os.getloadavg()
-    config = TrainConfig(
-        dataset="mnist",
-        data_dir=str(args.data_dir),
-        mode=args.mode,
-        epochs=args.epochs,
-        samples=args.samples,
-        figures=False,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
+    priors: dict[str, Any] = {}
+    baseline = None
+    for i, prior in enumerate(args.priors.split(",")):
+        config = TrainConfig(
+            dataset="mnist",
+            data_dir=str(args.data_dir),
+            mode=args.mode,
+            prior=prior,
+            epochs=args.epochs,
+            samples=args.samples,
+            baseline=i == 0,
+            figures=False,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            result = train(config, RunOptions(out=Path(tmp) / "bnn", progress=False), data=data)
+            seconds = time.perf_counter() - start
+        if baseline is None:
+            assert result.baseline is not None
+            assert result.baseline_test is not None
+            baseline = (result.baseline, _metrics(result.baseline_test))
+        result.model.eval()
+        with torch.no_grad():
+            means = class_predictive(result.model(data.test).unsqueeze(0))  # the posterior means' prediction
         start = time.perf_counter()
-        result = train(config, RunOptions(out=Path(tmp) / "bnn", progress=False), data=data)
-        seconds = time.perf_counter() - start
-    assert result.baseline is not None
-    assert result.baseline_test is not None
-    result.model.eval()
-    with torch.no_grad():
-        means = class_predictive(result.model(data.test).unsqueeze(0))  # the posterior means' prediction
-    start = time.perf_counter()
-    ood = evaluate_ood(result.model, result.baseline, data.test, samples=args.samples)
-    ood_seconds = time.perf_counter() - start
-    test = {
-        "bnn": _metrics(result.test),
-        "bnn_posterior_mean": _metrics(classification_metrics(means, data.test_labels)),
-        "baseline": _metrics(result.baseline_test),
-    }
-    _print_train(test, ood)
+        ood = evaluate_ood(result.model, baseline[0], data.test, samples=args.samples)
+        ood_seconds = time.perf_counter() - start
+        test = {
+            "bnn": _metrics(result.test),
+            "bnn_posterior_mean": _metrics(classification_metrics(means, data.test_labels)),
+            "baseline": baseline[1],
+        }
+        print(f"\nprior {prior}:")
+        _print_train(test, ood)
+        priors[prior] = {
+            "settings": {
+                **{k: v for k, v in asdict(config).items() if k not in ("data_dir", "figures")},
+                "train_seconds": seconds,
+                "ood_seconds": ood_seconds,
+            },
+            "test": test,
+            "ood_auroc": ood,
+            "epochs": result.metrics,
+        }
     return {
         "machine": machine(),
         "load_average_1_5_15": {"start": start_load, "end": os.getloadavg()},
-        "settings": {
-            **{k: v for k, v in asdict(config).items() if k not in ("data_dir", "figures")},
-            "train_size": args.train_size or 60_000,
-            "test_size": args.test_size or 10_000,
-            "train_seconds": seconds,
-            "ood_seconds": ood_seconds,
-        },
-        "test": test,
-        "ood_auroc": ood,
-        "epochs": result.metrics,
+        "settings": {"train_size": args.train_size or 60_000, "test_size": args.test_size or 10_000},
+        "priors": priors,
     }
 
 
@@ -437,6 +450,9 @@ def main() -> None:
     parser.add_argument("--part", choices=[*SECTIONS, "all"], default="all", help="the section(s) to measure")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="MNIST IDX files (default: $KLDIV_DATA)")
     parser.add_argument("--mode", choices=MODES, default="local", help="the sampling mode of the trained network")
+    parser.add_argument(
+        "--priors", default="gaussian,mixture", help="the trained networks' weight priors, comma-separated"
+    )
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {EPOCHS}; quick 1)")
     parser.add_argument("--rounds", type=int, help=f"timed epochs of every side (default {ROUNDS}; quick 2)")
     parser.add_argument("--train-size", type=int, help="train on the first N images (default all; quick 5000)")
