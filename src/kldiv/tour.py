@@ -60,6 +60,7 @@ _SECTION_MODULES: tuple[str, ...] = (
     "kldiv.vae.tour",
     "kldiv.classify.tour",
     "kldiv.bayes.tour",
+    "kldiv.rl.tour",
 )
 """Modules (besides this one) that register tour sections on import, e.g. "kldiv.vae.tour"."""
 

@@ -47,7 +47,8 @@ def test_schulman_bias_and_std_table(mu: float) -> None:
         relative_se = samples.std().item() / true_kl / math.sqrt(N)
         rounding = 0.001 if mu == 0.1 else 0.01  # the note's last digit (k2's 0.002 is mu^2 / 4 = 0.0025 rounded)
         assert abs((samples.mean().item() - true_kl) / true_kl - bias) <= 4 * relative_se + rounding
-        assert samples.std().item() / true_kl == pytest.approx(std, rel=0.02)
+        # the sample std of k3 converges slowly (a lognormal tail: about 1.4% relative error at 10^6 samples)
+        assert samples.std().item() / true_kl == pytest.approx(std, rel=0.05)
 
 
 def test_closed_forms_and_k3_relative_accuracy_near_zero() -> None:
@@ -112,3 +113,16 @@ def test_an_unbiased_value_is_not_an_unbiased_gradient() -> None:
         se = per_sample.std(0) / math.sqrt(n)
         assert bool(((grad - target).abs() <= 4 * se).all()), (name, grad, target, se)
     assert exact.abs().max().item() > 50 * se.max().item()  # the exact gradient is far from k1's 0
+
+
+def test_the_tour_table_shows_schulmans_figures() -> None:
+    from kldiv.rl.tour import MEANS, estimator_table
+
+    table = estimator_table(seed=3)
+    assert [row[0] for row in table.rows] == ["k1", "k2", "k3"]
+    for row in table.rows:
+        for i, mu in enumerate(MEANS):
+            bias, std = float(str(row[1 + 2 * i])), float(str(row[2 + 2 * i]))
+            published_bias, published_std = SCHULMAN[mu][str(row[0])]
+            assert std == pytest.approx(published_std, rel=0.05)
+            assert abs(bias - published_bias) <= 4 * published_std / math.sqrt(N) + 0.01
