@@ -79,7 +79,10 @@ def _check_against_float64(loss: Callable[..., Any], s: torch.Tensor, t: torch.T
     elif not bool(finite):
         return
     scale = max(float(g0.abs().max()) if g0.numel() else 0.0, 1e-30)
-    torch.testing.assert_close(g1.double(), g0, rtol=1e-5, atol=1e-5 * scale)
+    # a float32 gradient entry is a difference of probabilities (<= 1) over T, times a weight <= 1.7: where the two
+    # distributions nearly agree it cancels, and a few float32 ulps of that difference remain (an absolute error)
+    cancellation = 8 * torch.finfo(torch.float32).eps * 1.7 / float(kw.get("temperature", 1.0))
+    torch.testing.assert_close(g1.double(), g0, rtol=1e-5, atol=1e-5 * scale + cancellation)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=ONCE_PER_TEST)
