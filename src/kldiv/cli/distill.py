@@ -42,8 +42,9 @@ def distill(
     train_fraction: Annotated[
         float,
         typer.Option(
-            help="Fraction in (0, 1] of the training set the students see (class-stratified, drawn from the seed; "
-            "the same for both students of a seed). The teacher always trains on the whole set (unless --teacher)."
+            help="Fraction in (0, 1] of the training set the students see (class-stratified, drawn from the random "
+            "seed; the same for both students of a seed). The teacher always trains on the whole set (unless "
+            "--teacher)."
         ),
     ] = 1.0,
     hidden: Annotated[

@@ -30,7 +30,7 @@ from kldiv._numerics import log_softmax, with_gradient
 from kldiv._validate import check_log_space, check_scalar, event_shape
 from kldiv.discrete import _logit_difference, cross_entropy_log, entropy_log, kl_log
 from kldiv.losses.options import check_choice, check_labels, check_probs, compute_dtype, valid_rows
-from kldiv.losses.rows import cross_entropy_rows, log_of_probs, reduce_rows, rows_per_chunk, weighted
+from kldiv.losses.rows import _centered, cross_entropy_rows, log_of_probs, reduce_rows, rows_per_chunk, weighted
 
 RegularizerReduction = Literal["mean", "sum", "none"]
 
@@ -128,10 +128,9 @@ def _marginal_gradient(grad: Tensor, _value: Tensor, x: Tensor) -> tuple[Tensor]
     (the constants cancel against ``sum_c p_bc = 1``)."""
     p = torch.softmax(x, -1)
     marginal = p.mean(0)
-    present = marginal > 0
+    present = marginal > 0  # log kept off 0, so that second derivatives stay finite too
     log_marginal = torch.where(present, torch.log(torch.where(present, marginal, 1.0)), 0.0)
-    centered = log_marginal - (p * log_marginal).sum(-1, keepdim=True)
-    return (grad * p * centered / x.shape[0],)
+    return (grad * _centered(p, log_marginal) / x.shape[0],)
 
 
 def marginal_kl_to_uniform(logits: Tensor, *, dim: int = -1) -> Tensor:
