@@ -180,6 +180,21 @@ CASES: list[tuple[list[str], str]] = [
     # kldiv bnn eval
     (["bnn", "eval", "{missing}"], "{missing}"),
     (["bnn", "eval", "{run}", "--ood", "blur"], "--ood"),
+    # kldiv rl ppo|trpo|sac
+    (["rl", "ppo", "--n-envs", "0"], "--n-envs"),
+    (["rl", "ppo", "--minibatches", "0"], "--minibatches"),
+    (["rl", "ppo", "--kl-target", "0.01"], "--kl-target"),
+    (["rl", "ppo", "--gamma", "1.5"], "--gamma"),
+    (["rl", "ppo", "--hidden", "64,x"], "--hidden"),
+    (["rl", "ppo", "--env", "Nope-v0"], "--env"),
+    (["rl", "ppo", "--out", "{file}"], "--out"),
+    (["rl", "ppo", "--resume", "--overwrite"], "--overwrite"),
+    (["rl", "trpo", "--max-kl", "0"], "--max-kl"),
+    (["rl", "trpo", "--shrink", "1"], "--shrink"),
+    (["rl", "trpo", "--epoch-steps", "0"], "--epoch-steps"),
+    (["rl", "sac", "--tau", "0"], "--tau"),
+    (["rl", "sac", "--env", "Nope-v0"], "--env"),
+    (["rl", "sac", "--target-entropy-scale", "2"], "--target-entropy-scale"),
 ]
 
 

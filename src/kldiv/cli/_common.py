@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer import _click as click
 from typer.core import TyperGroup
 
@@ -40,7 +41,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` as one line on standard error (rank 0) and return the exit to raise."""
     if is_main_process():
         Console(stderr=True, soft_wrap=True, highlight=False).print(
-            f"[red]error:[/red] {one_line(message)}", markup=True
+            f"[red]error:[/red] {escape(one_line(message))}", markup=True
         )
     return typer.Exit(code)
 

@@ -1,15 +1,18 @@
-"""The tour's RL section: the bias and spread of the k1, k2, k3 estimators of a KL (Schulman's table)."""
+"""The tour's RL section: the bias and spread of the k1, k2, k3 estimators of a KL (Schulman's table), and a short
+PPO run on CartPole-v1 with the KL of every update against ``target_kl``."""
 
 from __future__ import annotations
 
 import torch
 
-from kldiv.report import Cell, Context, Section, Table, register_section
+from kldiv.report import Block, Cell, Context, Figure, Section, Table, png_bytes, register_section
 from kldiv.rl.estimators import ESTIMATORS
+from kldiv.runs import RunOptions
 
 SAMPLES = 1_000_000
 MEANS = (0.1, 1.0)
 """``p = N(mu, 1)`` for each ``mu``, ``q = N(0, 1)``: ``KL(q || p) = mu^2 / 2``."""
+PPO_STEPS = 20_480
 
 
 def estimator_table(samples: int = SAMPLES, seed: int = 0) -> Table:
@@ -34,11 +37,57 @@ def estimator_table(samples: int = SAMPLES, seed: int = 0) -> Table:
     )
 
 
+def ppo_blocks(ctx: Context) -> list[Block]:
+    """A short PPO run (``kldiv rl ppo --total-steps 20480``): a sentence, the KL-per-update figure and the learning
+    curve; a sentence saying how to install gymnasium when it is missing."""
+    from kldiv.rl.envs import MissingExtraError
+    from kldiv.rl.plots import kl_figure, learning_curve_figure
+    from kldiv.rl.ppo import PPOConfig, train
+
+    config = PPOConfig(total_steps=PPO_STEPS, seed=ctx.seed, figures=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small networks: one thread is faster, and immune to a busy machine
+    try:
+        result = train(config, RunOptions(out=ctx.out_dir / "ppo", overwrite=True, progress=False))
+    except MissingExtraError as e:
+        return [f"The PPO run is skipped: {e}."]
+    finally:
+        torch.set_num_threads(threads)
+    assert config.target_kl is not None
+    kls = [row["kl"] for row in result.updates]
+    stopped = sum(row["stopped_early"] for row in result.updates)
+    above = sum(k > config.target_kl for k in kls)
+    recent = result.episode_returns[-20:]
+    text = (
+        f"`kldiv rl ppo --total-steps {PPO_STEPS}`: PPO on CartPole-v1 with the clipped objective and early stopping "
+        f"at `target_kl = {config.target_kl:g}`: before each minibatch step the k3 estimate of KL(π_old ‖ π) on that "
+        f"minibatch is compared with the target, and the update ends when it is above. {stopped:g} of the "
+        f"{len(kls)} updates ended early. After each update the exact mean KL over the whole rollout is measured: "
+        f"median {sorted(kls)[len(kls) // 2]:.4f}, largest {max(kls):.4f} ({above} updates above the target: the "
+        f"step taken just before stopping can overshoot it). Mean return of the last 20 of "
+        f"{len(result.episode_returns)} episodes: {sum(recent) / len(recent):.1f} (500 is the most an episode "
+        "can score)."
+    )
+    return [
+        text,
+        Figure(
+            "rl-ppo-kl",
+            png_bytes(kl_figure(result.updates, config.target_kl, "target_kl")),
+            "The KL of every PPO update, measured after it, against the early-stopping target.",
+        ),
+        Figure(
+            "rl-ppo-returns",
+            png_bytes(learning_curve_figure(result.episodes, f"PPO on CartPole-v1, {PPO_STEPS} steps")),
+            "Episode returns during training and the mean of the last 20.",
+        ),
+    ]
+
+
 @register_section("rl", order=60)
 def rl_section(ctx: Context) -> Section:
-    """Schulman's k1/k2/k3 table, measured."""
+    """Schulman's k1/k2/k3 table, measured, and a short PPO run."""
     return Section(
-        title="KL in reinforcement learning: estimating a KL from samples",
+        title="KL in reinforcement learning: estimating a KL from samples, and keeping updates small",
         blocks=[
             "Policy-gradient code measures the KL between the policy that collected a batch and the updated one "
             "from the batch's log-ratios `log p(x) - log q(x)` alone (`kldiv.rl.k1`, `k2`, `k3`). `k1 = -log r` is "
@@ -47,5 +96,6 @@ def rl_section(ctx: Context) -> Section:
             "gradient descent the ranking differs: with the samples held fixed, `k1`'s gradient averages to zero and "
             "`k2`'s is the exact gradient on average.",
             estimator_table(),
+            *ppo_blocks(ctx),
         ],
     )

@@ -287,7 +287,11 @@ class TrainingLoop:
 
         Tensors stay on their device (no synchronization per step); they are kept in float64."""
         for name, value in sums.items():
-            v = value.detach().to(torch.float64) if isinstance(value, Tensor) else torch.tensor(float(value))
+            v = (
+                value.detach().to(torch.float64)
+                if isinstance(value, Tensor)
+                else torch.tensor(float(value), dtype=torch.float64)
+            )
             current = self._pending.get(name)
             self._pending[name] = v.clone() if current is None else current + v
         self._pending_count += float(count)
