@@ -12,7 +12,10 @@ Published figures compared with: the RL Baselines3 Zoo benchmark table (DLR-RM/r
 one run each, deterministic evaluation after training): PPO CartPole-v1 500.0 +- 0.0 after 100k steps, TRPO
 CartPole-v1 500.0 +- 0.0 after 100k steps, SAC Pendulum-v0 -202.0 +- 60.5 after 20k steps.
 
-Run: ``.venv/bin/python -m benchmarks.rl [--part ppo|trpo|sac|sac_discrete|all] [--seeds 0,1,2]`` (about 15
+Also (``envs``): the seconds per step of 8 CartPole-v1 environments in kldiv's in-process batch against
+gymnasium's SyncVectorEnv and AsyncVectorEnv, interleaved rounds.
+
+Run: ``.venv/bin/python -m benchmarks.rl [--part envs|ppo|trpo|sac|sac_discrete|all] [--seeds 0,1,2]`` (about 30
 minutes on a quiet 2-core CPU); ``--quick`` (one seed, a tenth of the steps) writes ``rl_quick.json``. Results:
 ``benchmarks/results/rl.json`` (a run rewrites only the sections it ran).
 """
@@ -128,6 +131,50 @@ def run_algorithm(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def envs_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds per step of 8 CartPole-v1 environments with random actions: kldiv's in-process batch against
+    gymnasium's SyncVectorEnv and AsyncVectorEnv (one worker process per environment), rounds interleaved."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from benchmarks._common import interleaved_rounds, round_ratios
+    from kldiv.rl.envs import EnvBatch
+
+    n, steps = 8, 200
+    rng = np.random.default_rng(0)
+    batch = EnvBatch("CartPole-v1", n, 0)
+    sync = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(n)])
+    workers = gym.vector.AsyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(n)])
+    sync.reset(seed=0)
+    workers.reset(seed=0)
+
+    def run(step: Any, as_tensor: bool) -> None:
+        for _ in range(steps):
+            actions = rng.integers(0, 2, n)
+            step(torch.from_numpy(actions) if as_tensor else actions)
+
+    try:
+        samples = interleaved_rounds(
+            {
+                "kldiv": lambda: run(batch.step, True),
+                "sync": lambda: run(sync.step, False),
+                "async": lambda: run(workers.step, False),
+            },
+            rounds=3 if args.quick else 9,
+        )
+    finally:
+        workers.close()
+        sync.close()
+    per_step = {k: [t / steps for t in v] for k, v in samples.items()}
+    return {
+        "envs": n,
+        "seconds_per_step": {k: spread(v) for k, v in per_step.items()},
+        "ratio_kldiv_to_sync": round_ratios(per_step, "kldiv", "sync"),
+        "ratio_kldiv_to_async": round_ratios(per_step, "kldiv", "async"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=[*_names(), "all"], default="all", help="the algorithm(s) to train")
@@ -141,13 +188,13 @@ def main() -> None:
     results["machine"] = machine()
     results["reference"] = REFERENCE
     for part in _names() if args.part == "all" else [args.part]:
-        results[part] = run_algorithm(part, args)
+        results[part] = envs_section(args) if part == "envs" else run_algorithm(part, args)
         path = write_json(name, results)
     print(f"wrote {path}")
 
 
 def _names() -> list[str]:
-    return ["ppo", "trpo", "sac", "sac_discrete"]
+    return ["envs", "ppo", "trpo", "sac", "sac_discrete"]
 
 
 if __name__ == "__main__":

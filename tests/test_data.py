@@ -640,3 +640,20 @@ def test_binarize_out_of_range(values: list[float], pattern: str) -> None:
 def test_binarize_integer_input() -> None:
     with pytest.raises(TypeError, match=r"floating .* got dtype torch\.uint8"):
         binarize(torch.zeros(3, dtype=torch.uint8))
+
+
+def test_the_digits_read_without_importing_sklearn_equal_sklearns_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    from kldiv import data
+
+    bunch = sklearn_load_digits()
+    pixels, labels = data._digits_arrays()
+    assert np.array_equal(pixels, bunch.data.astype(np.float32))
+    assert np.array_equal(labels, bunch.target)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # the fallback: scikit-learn's loader
+    fallback = data._digits_arrays()
+    assert np.array_equal(fallback[0], pixels)
+    assert np.array_equal(fallback[1], labels)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import math
 import os
 import zlib
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 
@@ -326,6 +328,23 @@ def load_mnist(data_dir: str | Path | None = None, *, val_size: int = 0, seed: i
 # ----------------------------------------------------------------------------------------------------------------
 # scikit-learn's digits
 # ----------------------------------------------------------------------------------------------------------------
+def _digits_arrays() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The digits' pixels ``(1797, 64)`` and labels, read from the CSV that scikit-learn ships (64 pixel columns and
+    the label per row) without importing scikit-learn, which takes seconds; through scikit-learn's own loader when
+    the file is not where this version keeps it."""
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0], "datasets", "data", "digits.csv.gz") if locations else None
+    if path is not None and path.is_file():
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        return np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    bunch = sklearn_load_digits()
+    return np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target, dtype=np.int64)
+
+
 def load_digits(*, val_size: int = 0, seed: int = 0, test_size: int = 297) -> ImageDataset:
     """scikit-learn's 8x8 digits (1797 images, values 0..16) as float32 ``/ 16``, shape ``(N, 1, 8, 8)``.
 
@@ -334,11 +353,9 @@ def load_digits(*, val_size: int = 0, seed: int = 0, test_size: int = 297) -> Im
     permutation seeded by ``seed``. Each split keeps scikit-learn's order. The default leaves 1500 images for
     training and validation.
     """
-    from sklearn.datasets import load_digits as sklearn_load_digits  # imported here: sklearn is slow to import
-
-    bunch = sklearn_load_digits()
-    images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32)).unsqueeze(1).div_(16)
-    labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+    pixels, targets = _digits_arrays()
+    images = torch.from_numpy(pixels.reshape(-1, 8, 8)).unsqueeze(1).div_(16)
+    labels = torch.from_numpy(targets)
     n = len(labels)
     test_size = _check_int("test_size", test_size, low=0, high=n, high_text=f"{n} (the number of digits images)")
     seed = _check_int("seed", seed, low=0)

@@ -80,3 +80,16 @@ def test_without_gymnasium_one_error_line_says_how_to_install_it(
     assert lines[0].startswith("error: ")
     assert "pip install 'kldiv[rl]'" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_target_kl_zero_turns_early_stopping_off(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    args = ["rl", "ppo", *SHORT["ppo"], "--target-kl", "0", "--hidden", "8", "--no-progress", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "run.json").read_text())["config"]["target_kl"] is None
+    stopped = [line.split(",") for line in (out / "updates.csv").read_text().splitlines()]
+    column = stopped[0].index("stopped_early")
+    assert {row[column] for row in stopped[1:]} == {"0.0"}

@@ -116,6 +116,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bit_identical_metrics_included(
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     args = ["--dataset", "digits", "--epochs", "6", "--batch-size", "32", "--checkpoint-steps", "2", "--no-progress"]
+    args += ["--threads", "1"]  # one core each: the test suite's other worker keeps the other
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "kldiv", "vae", "train", *args, "--out", str(killed)], env=env)
@@ -307,11 +308,14 @@ def test_cli_resume_takes_the_runs_options_and_refuses_a_change(tmp_path: Path) 
     assert [e["event"] for e in read_run(run).history] == ["start"]
 
 
+VAE_TRAIN = [sys.executable, "-m", "kldiv", "vae", "train"]
+
+
 def test_a_second_training_process_in_the_same_directory_is_refused_naming_the_first(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     run = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "kldiv", "vae", "train", "--epochs", "10000", "--no-progress", "--out", str(run)],
+        [*VAE_TRAIN, "--epochs", "10000", "--no-progress", "--threads", "1", "--out", str(run)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -100,7 +100,7 @@ def ppo_command(
     kl_horizon: Annotated[float, typer.Option(help="Horizon of the adaptive KL coefficient, in steps.")] = 10_000.0,
     target_kl: Annotated[
         float | None,
-        typer.Option(help="Stop an update at the first minibatch whose KL estimate (k3) exceeds this."),
+        typer.Option(help="Stop an update at the first minibatch whose KL estimate (k3) exceeds this (0: never)."),
     ] = 0.02,
     ent_coef: Annotated[float, typer.Option(help="Weight of the entropy bonus.")] = 0.0,
     vf_coef: Annotated[float, typer.Option(help="Weight of the value loss.")] = 0.5,
@@ -121,6 +121,8 @@ def ppo_command(
     from kldiv.rl.ppo import PPOConfig, train
 
     values = {k: v for k, v in locals().items() if k in PPOConfig.__dataclass_fields__}
+    if target_kl == 0:
+        values["target_kl"] = None
     options = run_options(
         out,
         resume=resume,
@@ -194,7 +196,7 @@ def sac_command(
     autotune: Annotated[bool, typer.Option(help="Learn the temperature toward the target entropy.")] = True,
     target_entropy_scale: Annotated[
         float, typer.Option(help="Discrete actions: target entropy = this x log(number of actions).")
-    ] = 0.89,
+    ] = 0.3,
     hidden: Hidden = "64,64",
     log_interval: Annotated[int, typer.Option(help="Steps per row of updates.csv.")] = 250,
     epoch_steps: EpochSteps = 2_000,

@@ -61,7 +61,7 @@ class SACConfig:
     tau: float = 0.005
     alpha: float = 1.0
     autotune: bool = True
-    target_entropy_scale: float = 0.89
+    target_entropy_scale: float = 0.3
     hidden: str = "64,64"
     log_interval: int = 250
     epoch_steps: int = 2_000
