@@ -1,0 +1,110 @@
+"""Estimating a mutual information by training a critic on one of the bounds of :mod:`kldiv.mi.bounds`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kldiv.mi.bounds import BOUNDS, MineState, dv, infonce, mine, nwj, smile
+from kldiv.mi.critics import ConcatCritic, SeparableCritic
+
+__all__ = ["CRITICS", "MIEstimate", "estimate_mi"]
+
+CRITICS = ("separable", "concat")
+Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class MIEstimate:
+    """The ``estimate`` (nats): the mean of the bound over the last ``average`` steps of ``trajectory`` (the bound's
+    value on each step's batch, before that step's update); and the trained ``critic``."""
+
+    estimate: float
+    trajectory: list[float]
+    critic: nn.Module
+
+
+def _bound_value(bound: str, scores: Tensor, state: MineState, tau: float | None) -> tuple[Tensor, MineState]:
+    if bound == "mine":
+        return mine(scores, state)
+    if bound == "smile":
+        return smile(scores, tau), state
+    return {"dv": dv, "nwj": nwj, "infonce": infonce}[bound](scores), state
+
+
+def estimate_mi(
+    data: tuple[Tensor, Tensor] | Sampler,
+    *,
+    bound: str = "smile",
+    steps: int = 2000,
+    batch_size: int = 64,
+    critic: str | nn.Module = "separable",
+    lr: float = 5e-4,
+    tau: float | None = 5.0,
+    average: int = 100,
+    seed: int = 0,
+) -> MIEstimate:
+    """Train a critic by gradient ascent on ``bound`` (one of :data:`~kldiv.mi.bounds.BOUNDS`) and return the
+    estimate of ``I(X; Y)`` with its trajectory.
+
+    ``data``: paired samples ``(x, y)`` ``(N, dx)``, ``(N, dy)`` from which each step draws ``batch_size`` rows
+    without replacement, or a sampler ``(batch_size, generator) -> (x, y)`` of fresh joint samples. ``critic``:
+    ``"separable"`` or ``"concat"`` (:mod:`kldiv.mi.critics`, hidden widths 256, 256), or a module mapping
+    ``(x, y)`` to ``(B, B)`` scores. ``tau``: SMILE's clipping. Adam with learning rate ``lr``; the random numbers
+    (initialization, batches) come from ``seed``.
+    """
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {', '.join(map(repr, BOUNDS))}, got {bound!r}")
+    for name, number, low in (("steps", steps, 1), ("batch_size", batch_size, 2), ("average", average, 1)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {number!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    generator = torch.Generator().manual_seed(seed)
+    if callable(data):
+        sample = data
+        x0, y0 = sample(2, generator)
+    else:
+        if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
+            raise TypeError("data must be a pair of tensors (x, y) or a sampler (batch_size, generator) -> (x, y)")
+        x_all, y_all = data
+        if x_all.dim() != 2 or y_all.dim() != 2 or x_all.shape[0] != y_all.shape[0]:
+            raise ValueError(
+                f"x and y must be (N, dx) and (N, dy) with the same N, got {tuple(x_all.shape)}, {tuple(y_all.shape)}"
+            )
+        if x_all.shape[0] < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {x_all.shape[0]} samples")
+
+        def sample(b: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            index = torch.randperm(x_all.shape[0], generator=g)[:b]
+            return x_all[index], y_all[index]
+
+        x0, y0 = x_all[:2], y_all[:2]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(critic, nn.Module):
+            model = critic
+        elif critic == "separable":
+            model = SeparableCritic(x0.shape[1], y0.shape[1])
+        elif critic == "concat":
+            model = ConcatCritic(x0.shape[1], y0.shape[1])
+        else:
+            raise ValueError(f"critic must be one of {', '.join(map(repr, CRITICS))} or an nn.Module, got {critic!r}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    state = MineState(None)
+    trajectory = []
+    for _ in range(steps):
+        x, y = sample(batch_size, generator)
+        value, state = _bound_value(bound, model(x, y), state, tau)
+        if not bool(torch.isfinite(value)):
+            raise FloatingPointError(f"the {bound} bound became {float(value)}; try a smaller lr or another bound")
+        optimizer.zero_grad(set_to_none=True)
+        value.neg().backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        trajectory.append(float(value.detach()))
+    tail = trajectory[-average:]
+    return MIEstimate(estimate=sum(tail) / len(tail), trajectory=trajectory, critic=model)
