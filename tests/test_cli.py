@@ -64,7 +64,7 @@ def _num(text: str) -> float:
 @pytest.fixture(scope="module")
 def tour_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("tour") / "runs" / "tour"
-    result = runner.invoke(app, ["tour", "--out", str(out)])
+    result = runner.invoke(app, ["tour", "--quick", "--out", str(out)])  # the full tour is the README's main job
     assert result.exit_code == 0, result.output
     return out, result.stdout
 

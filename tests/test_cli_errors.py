@@ -195,6 +195,19 @@ CASES: list[tuple[list[str], str]] = [
     (["rl", "sac", "--tau", "0"], "--tau"),
     (["rl", "sac", "--env", "Nope-v0"], "--env"),
     (["rl", "sac", "--target-entropy-scale", "2"], "--target-entropy-scale"),
+    # kldiv mi bench
+    (["mi", "bench", "--bounds", "tuba"], "--bounds"),
+    (["mi", "bench", "--bounds", "smile:0"], "--bounds"),
+    (["mi", "bench", "--bounds", "dv:3"], "--bounds"),
+    (["mi", "bench", "--bounds", "dv,dv"], "--bounds"),
+    (["mi", "bench", "--levels", "2,x"], "--levels"),
+    (["mi", "bench", "--levels", "-1"], "--levels"),
+    (["mi", "bench", "--dim", "0"], "--dim"),
+    (["mi", "bench", "--batch-size", "1"], "--batch-size"),
+    (["mi", "bench", "--steps-per-level", "1"], "--steps-per-level"),
+    (["mi", "bench", "--critic", "bilinear"], "--critic"),
+    (["mi", "bench", "--lr", "0"], "--lr"),
+    (["mi", "bench", "--out", "{file}"], "--out"),
 ]
 
 

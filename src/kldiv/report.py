@@ -122,10 +122,12 @@ class Report:
 
 @dataclass(frozen=True)
 class Context:
-    """What a section function gets: where the report goes and the random seed."""
+    """What a section function gets: where the report goes, the random seed, and ``quick``: shorten the trainings
+    (a fast look; the numbers are rougher)."""
 
     out_dir: Path
     seed: int = 0
+    quick: bool = False
 
 
 SectionFn: TypeAlias = Callable[[Context], Section]

@@ -61,6 +61,7 @@ _SECTION_MODULES: tuple[str, ...] = (
     "kldiv.classify.tour",
     "kldiv.bayes.tour",
     "kldiv.rl.tour",
+    "kldiv.mi.tour",
 )
 """Modules (besides this one) that register tour sections on import, e.g. "kldiv.vae.tour"."""
 

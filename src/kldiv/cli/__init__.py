@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kldiv.cli import bnn, classify, distill, divergence, mle, rl, tour, vae
+from kldiv.cli import bnn, classify, distill, divergence, mi, mle, rl, tour, vae
 from kldiv.cli._common import Group
 
 __all__ = ["app", "main"]
@@ -46,6 +46,7 @@ app.command("mle")(mle.mle)
 app.command("distill")(distill.distill)
 app.add_typer(bnn.app, name="bnn")
 app.add_typer(rl.app, name="rl")
+app.add_typer(mi.app, name="mi")
 
 
 def main() -> None:

@@ -44,6 +44,10 @@ def tour(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for index.html, report.md and figures/.")] = Path(
         "runs/tour"
     ),
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Shorter trainings in the sections that train: a fast look, rougher numbers."),
+    ] = False,
 ) -> None:
     """Run the tour: every section computed live from kldiv, next to SciPy and PyTorch.
 
@@ -59,7 +63,7 @@ def tour(
 
     tour_lib.import_section_modules()
     start = time.perf_counter()
-    ctx = Context(out_dir=out)
+    ctx = Context(out_dir=out, quick=quick)
     entries = tour_sections.items()
     sections: list[Section] = []
     err = Console(stderr=True)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from kldiv.mi.bounds import BOUNDS, MineState, dv, infonce, mine, nwj, smile
 from kldiv.mi.critics import ConcatCritic, SeparableCritic
 
-__all__ = ["CRITICS", "MIEstimate", "estimate_mi"]
+__all__ = ["CRITICS", "MIEstimate", "estimate_mi", "make_critic"]
 
 CRITICS = ("separable", "concat")
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
@@ -26,6 +26,16 @@ class MIEstimate:
     estimate: float
     trajectory: list[float]
     critic: nn.Module
+
+
+def make_critic(kind: str, x_dim: int, y_dim: int, *, seed: int = 0) -> nn.Module:
+    """A ``"separable"`` or ``"concat"`` critic (hidden widths 256, 256) initialized from ``seed`` (torch's global
+    generator is left as it was)."""
+    if kind not in CRITICS:
+        raise ValueError(f"critic must be one of {', '.join(map(repr, CRITICS))} or an nn.Module, got {kind!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SeparableCritic(x_dim, y_dim) if kind == "separable" else ConcatCritic(x_dim, y_dim)
 
 
 def _bound_value(bound: str, scores: Tensor, state: MineState, tau: float | None) -> tuple[Tensor, MineState]:
@@ -47,6 +57,7 @@ def estimate_mi(
     tau: float | None = 5.0,
     average: int = 100,
     seed: int = 0,
+    progress: bool = False,
 ) -> MIEstimate:
     """Train a critic by gradient ascent on ``bound`` (one of :data:`~kldiv.mi.bounds.BOUNDS`) and return the
     estimate of ``I(X; Y)`` with its trajectory.
@@ -55,7 +66,7 @@ def estimate_mi(
     without replacement, or a sampler ``(batch_size, generator) -> (x, y)`` of fresh joint samples. ``critic``:
     ``"separable"`` or ``"concat"`` (:mod:`kldiv.mi.critics`, hidden widths 256, 256), or a module mapping
     ``(x, y)`` to ``(B, B)`` scores. ``tau``: SMILE's clipping. Adam with learning rate ``lr``; the random numbers
-    (initialization, batches) come from ``seed``.
+    (initialization, batches) come from ``seed``. ``progress``: show a progress bar.
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {', '.join(map(repr, BOUNDS))}, got {bound!r}")
@@ -67,7 +78,9 @@ def estimate_mi(
     generator = torch.Generator().manual_seed(seed)
     if callable(data):
         sample = data
-        x0, y0 = sample(2, generator)
+        probe: tuple[Tensor, Tensor] | None = None
+        if not isinstance(critic, nn.Module):  # one small batch from a generator of its own sizes the critic
+            probe = sample(2, torch.Generator().manual_seed(seed))
     else:
         if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
             raise TypeError("data must be a pair of tensors (x, y) or a sampler (batch_size, generator) -> (x, y)")
@@ -83,21 +96,18 @@ def estimate_mi(
             index = torch.randperm(x_all.shape[0], generator=g)[:b]
             return x_all[index], y_all[index]
 
-        x0, y0 = x_all[:2], y_all[:2]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if isinstance(critic, nn.Module):
-            model = critic
-        elif critic == "separable":
-            model = SeparableCritic(x0.shape[1], y0.shape[1])
-        elif critic == "concat":
-            model = ConcatCritic(x0.shape[1], y0.shape[1])
-        else:
-            raise ValueError(f"critic must be one of {', '.join(map(repr, CRITICS))} or an nn.Module, got {critic!r}")
+        probe = (x_all, y_all)
+    if isinstance(critic, nn.Module):
+        model = critic
+    else:
+        assert probe is not None
+        model = make_critic(critic, probe[0].shape[1], probe[1].shape[1], seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     state = MineState(None)
     trajectory = []
-    for _ in range(steps):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(steps), desc=bound, disable=not progress, leave=False, dynamic_ncols=True):
         x, y = sample(batch_size, generator)
         value, state = _bound_value(bound, model(x, y), state, tau)
         if not bool(torch.isfinite(value)):

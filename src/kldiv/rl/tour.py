@@ -13,6 +13,7 @@ SAMPLES = 1_000_000
 MEANS = (0.1, 1.0)
 """``p = N(mu, 1)`` for each ``mu``, ``q = N(0, 1)``: ``KL(q || p) = mu^2 / 2``."""
 PPO_STEPS = 20_480
+QUICK_PPO_STEPS = 4096
 
 
 def estimator_table(samples: int = SAMPLES, seed: int = 0) -> Table:
@@ -44,7 +45,8 @@ def ppo_blocks(ctx: Context) -> list[Block]:
     from kldiv.rl.plots import kl_figure, learning_curve_figure
     from kldiv.rl.ppo import PPOConfig, train
 
-    config = PPOConfig(total_steps=PPO_STEPS, seed=ctx.seed, figures=False)
+    steps = QUICK_PPO_STEPS if ctx.quick else PPO_STEPS
+    config = PPOConfig(total_steps=steps, seed=ctx.seed, figures=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small networks: one thread is faster, and immune to a busy machine
     try:
@@ -59,7 +61,7 @@ def ppo_blocks(ctx: Context) -> list[Block]:
     above = sum(k > config.target_kl for k in kls)
     recent = result.episode_returns[-20:]
     text = (
-        f"`kldiv rl ppo --total-steps {PPO_STEPS}`: PPO on CartPole-v1 with the clipped objective and early stopping "
+        f"`kldiv rl ppo --total-steps {steps}`: PPO on CartPole-v1 with the clipped objective and early stopping "
         f"at `target_kl = {config.target_kl:g}`: before each minibatch step the k3 estimate of KL(π_old ‖ π) on that "
         f"minibatch is compared with the target, and the update ends when it is above. {stopped:g} of the "
         f"{len(kls)} updates ended early. After each update the exact mean KL over the whole rollout is measured: "
@@ -77,7 +79,7 @@ def ppo_blocks(ctx: Context) -> list[Block]:
         ),
         Figure(
             "rl-ppo-returns",
-            png_bytes(learning_curve_figure(result.episodes, f"PPO on CartPole-v1, {PPO_STEPS} steps")),
+            png_bytes(learning_curve_figure(result.episodes, f"PPO on CartPole-v1, {steps} steps")),
             "Episode returns during training and the mean of the last 20.",
         ),
     ]

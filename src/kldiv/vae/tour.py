@@ -13,15 +13,22 @@ from kldiv.vae.train import TrainConfig, TrainResult, train
 
 BETAS = (0.5, 1.0, 4.0)
 EPOCHS = 40
+QUICK_EPOCHS = 8
+
+
+def _epochs(ctx: Context) -> tuple[int, int]:
+    """Training epochs and KL warm-up epochs."""
+    return (QUICK_EPOCHS, 2) if ctx.quick else (EPOCHS, 10)
 
 
 def _train(ctx: Context, beta: float) -> TrainResult:
+    epochs, warmup = _epochs(ctx)
     config = TrainConfig(
         dataset="digits",
-        epochs=EPOCHS,
+        epochs=epochs,
         batch_size=64,
         beta=beta,
-        schedule="linear:10",
+        schedule=f"linear:{warmup}",
         figures=False,
     )
     options = RunOptions(out=ctx.out_dir / "vae" / f"beta-{beta:g}", overwrite=True, progress=False)
@@ -49,15 +56,16 @@ def vae_section(ctx: Context) -> Section:
     )
     model = results[1.0].model
     data = load_digits()
+    epochs, warmup = _epochs(ctx)
     trade = [{"beta": b, "kl": r.test.kl, "reconstruction": r.test.reconstruction} for b, r in results.items()]
     return Section(
         title="VAE: the KL term under control",
         blocks=[
             f"The tutorial's MLP VAE (hidden 400-400, z = 20, Bernoulli decoder) trained by `kldiv vae train` on "
-            f"scikit-learn's 8×8 digits ({data.train.shape[0]} training images), {EPOCHS} epochs, the KL weight "
-            "warmed up linearly over 10 epochs to β. The loss is reconstruction + β·KL(q(z|x) ‖ N(0, I)), the KL "
-            "from kldiv's closed form. Larger β buys a smaller KL (rate) with a worse reconstruction (distortion) "
-            "and fewer active latent units.",
+            f"scikit-learn's 8×8 digits ({data.train.shape[0]} training images), {epochs} epochs, the KL weight "
+            f"warmed up linearly over {warmup} epochs to β. The loss is reconstruction + β·KL(q(z|x) ‖ N(0, I)), "
+            "the KL from kldiv's closed form. Larger β buys a smaller KL (rate) with a worse reconstruction "
+            "(distortion) and fewer active latent units.",
             table,
             Figure(
                 "vae-tradeoff",
