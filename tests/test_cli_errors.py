@@ -208,6 +208,17 @@ CASES: list[tuple[list[str], str]] = [
     (["mi", "bench", "--critic", "bilinear"], "--critic"),
     (["mi", "bench", "--lr", "0"], "--lr"),
     (["mi", "bench", "--out", "{file}"], "--out"),
+    # kldiv vib train|sweep
+    (["vib", "train", "--beta", "-1"], "--beta"),
+    (["vib", "train", "--z-dim", "0"], "--z-dim"),
+    (["vib", "train", "--hidden", "64,x"], "--hidden"),
+    (["vib", "train", "--eval-samples", "0"], "--eval-samples"),
+    (["vib", "train", "--lr", "0"], "--lr"),
+    (["vib", "train", "--dataset", "cifar"], "--dataset"),
+    (["vib", "train", "--dataset", "mnist", "--data-dir", "{missing}"], "--data-dir"),
+    (["vib", "sweep", "--betas", "1e-3,x"], "--betas"),
+    (["vib", "sweep", "--betas", "0.1,0.1"], "--betas"),
+    (["vib", "sweep", "--epochs", "0"], "--epochs"),
 ]
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kldiv.cli import bnn, classify, distill, divergence, mi, mle, rl, tour, vae
+from kldiv.cli import bnn, classify, distill, divergence, mi, mle, rl, tour, vae, vib
 from kldiv.cli._common import Group
 
 __all__ = ["app", "main"]
@@ -47,6 +47,7 @@ app.command("distill")(distill.distill)
 app.add_typer(bnn.app, name="bnn")
 app.add_typer(rl.app, name="rl")
 app.add_typer(mi.app, name="mi")
+app.add_typer(vib.app, name="vib")
 
 
 def main() -> None:
