@@ -52,7 +52,7 @@ def train_command(
     eval_samples: EvalSamples = 12,
     epochs: Epochs = 10,
     batch_size: BatchSize = 100,
-    lr: Lr = 1e-4,
+    lr: Lr = 1e-3,
     seed: Seed = 0,
     figures: Figures = True,
     out: Out = Path("runs/vib"),
@@ -105,7 +105,7 @@ def sweep_command(
     eval_samples: EvalSamples = 12,
     epochs: Epochs = 10,
     batch_size: BatchSize = 100,
-    lr: Lr = 1e-4,
+    lr: Lr = 1e-3,
     seed: Seed = 0,
     figures: Figures = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for one run per beta and the sweep.")] = Path(

@@ -58,7 +58,7 @@ class TrainConfig:
     eval_samples: int = 12
     epochs: int = 10
     batch_size: int = 100
-    lr: float = 1e-4
+    lr: float = 1e-3
     seed: int = 0
     figures: bool = True
 
