@@ -6,7 +6,7 @@ Per bound and level: the mean of the estimates over the level's second half, its
 standard deviation of the estimates; the wall seconds of each bound's 20k steps on this machine. The pattern to
 compare with (Song & Ermon 2020, fig. 1 and table 1; Poole et al. 2019): InfoNCE saturates at log 64 = 4.16 nats;
 DV, MINE and NWJ grow exponentially noisy with the MI; SMILE with tau = 5 has the lowest variance at high MI, at a
-small bias.
+small bias. The measured table is compared with that pattern in docs/mi.md.
 
 ``vib``: the variational information bottleneck on MNIST (``kldiv vib sweep --dataset mnist``: encoder 784-1024-1024
 onto a 256-dimensional code, linear decoder, batch 100, Adam ``--vib-lr``, ``--vib-epochs`` epochs) for beta = 1e-4,

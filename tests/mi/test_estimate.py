@@ -51,3 +51,44 @@ def test_mismatched_samples_are_refused() -> None:
         estimate_mi((torch.zeros(10, 2), torch.zeros(9, 2)), steps=1, batch_size=4)
     with pytest.raises(TypeError, match="pair of tensors"):
         estimate_mi((torch.zeros(10, 2),), steps=1)  # type: ignore[arg-type]
+
+
+def test_the_sampler_is_called_once_per_step_and_batches_have_no_repeated_rows() -> None:
+    calls: list[int] = []
+
+    def counting(b: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(b)
+        return correlated_gaussians(b, mi=1.0, dim=2, generator=g)
+
+    estimate_mi(counting, bound="infonce", steps=3, batch_size=8, critic="separable")
+    assert calls == [8, 8, 8]
+    ids = torch.arange(64, dtype=torch.float32)[:, None]
+    seen: list[torch.Tensor] = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            seen.append(x[:, 0].detach().clone())
+            return self.w * (x @ y.T)
+
+    estimate_mi((ids, ids.clone()), bound="dv", steps=5, batch_size=16, critic=Spy(), average=1)
+    assert len(seen) == 5
+    for rows in seen:
+        assert len(set(rows.tolist())) == 16  # drawn without replacement within a step
+    assert len({tuple(r.tolist()) for r in seen}) > 1  # and anew each step
+
+
+def test_diverging_scores_raise_a_floating_point_error() -> None:
+    class Exploding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.w * torch.full((x.shape[0], y.shape[0]), float("inf"))
+
+    with pytest.raises(FloatingPointError, match="step 0"):
+        estimate_mi(_sampler, bound="dv", steps=2, batch_size=4, critic=Exploding())

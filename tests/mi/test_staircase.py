@@ -45,6 +45,21 @@ def test_the_statistics_are_those_of_each_levels_second_half() -> None:
     assert max(result.estimates["infonce"]) <= math.log(16) + 1e-6
 
 
+def test_each_level_lasts_steps_per_level_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kldiv.mi import staircase as module
+
+    levels: list[float] = []
+    real = module.correlated_gaussians
+
+    def recording(n: int, *, mi: float, dim: int, cubic: bool = False, generator: object = None) -> object:
+        levels.append(mi)
+        return real(n, mi=mi, dim=dim, cubic=cubic, generator=generator)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "correlated_gaussians", recording)
+    staircase(("infonce",), levels=(1.0, 2.0, 0.5), dim=2, steps_per_level=4, batch_size=8)
+    assert levels == [1.0] * 4 + [2.0] * 4 + [0.5] * 4
+
+
 def test_the_same_seed_gives_the_same_estimates() -> None:
     a = staircase(("dv",), levels=(1.0,), dim=2, steps_per_level=10, batch_size=8, seed=3)
     b = staircase(("dv",), levels=(1.0,), dim=2, steps_per_level=10, batch_size=8, seed=3)

@@ -64,6 +64,28 @@ def test_the_scale_is_exact_and_differentiable_where_softplus_underflows() -> No
     assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
+def test_evaluation_averages_the_softmax_over_codes_and_leaves_the_global_generator_alone(digits: ImageDataset) -> None:
+    from kldiv.vib.train import evaluate
+
+    torch.manual_seed(5)
+    model = VIBClassifier(64, (16,), z_dim=4)
+    with torch.no_grad():
+        model.encoder[-1].bias[4:].fill_(8.0)  # sigma = softplus(3): codes that really vary
+    x, y = digits.test[:50], digits.test_labels[:50]
+    state = torch.get_rng_state()
+    metrics = evaluate(model, x, y, samples=7, seed=11, chunk=20)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(11)  # the same codes, by hand: chunks of 20, 7 codes each
+    probs = []
+    with torch.no_grad():
+        for start in range(0, 50, 20):
+            logits, _, _ = model(x[start : start + 20], 7)
+            probs.append(torch.softmax(logits.double(), -1).mean(0))
+    p = torch.cat(probs)
+    assert metrics.accuracy == pytest.approx(float((p.argmax(-1) == y).double().mean()))
+    assert metrics.nll == pytest.approx(float(-p.gather(1, y[:, None]).log().mean()), rel=1e-5)
+
+
 def test_training_writes_metrics_and_a_larger_beta_lowers_the_rate(tmp_path: Path, digits: ImageDataset) -> None:
     low = train(_config(beta=1e-4, epochs=8, lr=3e-3), _run(tmp_path / "low"), data=digits)
     high = train(_config(beta=1.0, epochs=8, lr=3e-3), _run(tmp_path / "high"), data=digits)

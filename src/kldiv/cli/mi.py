@@ -51,6 +51,7 @@ def bench_command(
     from kldiv.mi.estimate import CRITICS
     from kldiv.mi.staircase import parse_bound, staircase
     from kldiv.runs import atomic_write_bytes, csv_bytes
+    from kldiv.runs.options import MAX_SEED
 
     specs = [part.strip() for part in bounds.split(",") if part.strip()]
     if not specs:
@@ -74,8 +75,8 @@ def bench_command(
         raise fail(f"--critic: one of {', '.join(CRITICS)}, got {critic!r}")
     if not (lr > 0 and lr < float("inf")):
         raise fail(f"--lr: must be a finite number > 0, got {lr}")
-    if seed < 0:
-        raise fail(f"--seed: must be an integer >= 0, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise fail(f"--seed: must be an integer in [0, {MAX_SEED}], got {seed}")
     if out.exists() and not out.is_dir():
         raise fail(f"--out: {out} is a file, not a directory")
     taken = [name for name in FILES if (out / name).exists()]

@@ -89,8 +89,8 @@ def _betas(text: str) -> list[float]:
         values = [float(part) for part in text.split(",")]
     except ValueError:
         raise fail(f"--betas: comma-separated numbers such as 1e-4,1e-3,1e-2, got {text!r}") from None
-    if any(not (0 <= v < float("inf")) for v in values) or len(set(values)) != len(values):
-        raise fail(f"--betas: distinct finite numbers >= 0, got {text!r}")
+    if any(not (0 <= v < float("inf")) for v in values) or len({f"{v:g}" for v in values}) != len(values):
+        raise fail(f"--betas: distinct finite numbers >= 0 (distinct in 6 significant digits), got {text!r}")
     return values
 
 
@@ -117,8 +117,8 @@ def sweep_command(
     threads: Threads = "auto",
 ) -> None:
     """Train one VIB classifier per beta (each a run in --out/beta-B); writes sweep.json and sweep.png into --out."""
-    from kldiv.data import load_dataset
     from kldiv.runs import Run, atomic_write_bytes
+    from kldiv.runs import options as check
     from kldiv.vib.train import COMMAND, TrainConfig, run_rules, train
 
     values = _betas(betas)
@@ -140,7 +140,7 @@ def sweep_command(
             )
             for b in values
         ]
-        data = load_dataset(dataset, data_dir)
+        data = check.dataset(dataset, data_dir, val_size=0)
         runs = [
             run_options(
                 out / f"beta-{b:g}",

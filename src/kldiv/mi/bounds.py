@@ -16,8 +16,8 @@ bound       value                                                         refere
 ``infonce`` ``log B + mean_i (T_ii - logsumexp_j T_ij)`` (at most log B)  van den Oord et al. (2018)
 ``smile``   ``E_P[T] - log E_Q[e^clip(T, -tau, tau)]``, with the          Song & Ermon (2020)
             gradient of the Jensen-Shannon bound ``js``
-``js``      ``E_P[-softplus(-T)] - E_Q[softplus(T)]`` (of the JS           Nowozin et al. (2016)
-            divergence; used for its gradient)
+``js``      ``E_P[-softplus(-T)] - E_Q[softplus(T)]``, a lower bound     Nowozin et al. (2016)
+            on ``2 JS - log 4`` (the GAN form; used for its gradient)
 ==========  ============================================================  ==================================
 
 Each estimates a lower bound on ``I`` (for ``js``, on the JS divergence): ``dv`` and ``nwj`` are tight at the
@@ -43,8 +43,10 @@ def _check(scores: object) -> Tensor:
         raise TypeError(f"scores must be a floating-point torch.Tensor, got {getattr(scores, 'dtype', type(scores))}")
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
         raise ValueError(f"scores must be a square (B, B) matrix with B >= 2, got shape {tuple(scores.shape)}")
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("scores hold NaN (the critic's output on some pair)")
+    bad = torch.isnan(scores) | (scores == float("inf"))
+    if bool(bad.any()):
+        i, j = (int(k) for k in bad.nonzero()[0])
+        raise ValueError(f"scores[{i}, {j}] is {float(scores[i, j])}: the critic's output must be a number or -inf")
     return scores
 
 
@@ -80,7 +82,7 @@ def infonce(scores: Tensor) -> Tensor:
 
 
 def js(scores: Tensor) -> Tensor:
-    """The f-GAN lower bound on the Jensen-Shannon divergence, ``E_P[-softplus(-T)] - E_Q[softplus(T)]``."""
+    """The f-GAN lower bound ``E_P[-softplus(-T)] - E_Q[softplus(T)] <= 2 JS(P, Q) - log 4``."""
     s = _check(scores)
     return -F.softplus(-s.diagonal()).mean() - F.softplus(_off_diagonal(s)).mean()
 

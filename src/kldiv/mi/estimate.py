@@ -75,12 +75,13 @@ def estimate_mi(
             raise ValueError(f"{name} must be an integer >= {low}, got {number!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if tau is not None and not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
+        raise ValueError(f"tau must be a number > 0 or None, got {tau!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     generator = torch.Generator().manual_seed(seed)
     if callable(data):
         sample = data
-        probe: tuple[Tensor, Tensor] | None = None
-        if not isinstance(critic, nn.Module):  # one small batch from a generator of its own sizes the critic
-            probe = sample(2, torch.Generator().manual_seed(seed))
     else:
         if not (isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)):
             raise TypeError("data must be a pair of tensors (x, y) or a sampler (batch_size, generator) -> (x, y)")
@@ -89,6 +90,8 @@ def estimate_mi(
             raise ValueError(
                 f"x and y must be (N, dx) and (N, dy) with the same N, got {tuple(x_all.shape)}, {tuple(y_all.shape)}"
             )
+        if not (x_all.is_floating_point() and y_all.is_floating_point()):
+            raise TypeError(f"data must be floating-point tensors, got {x_all.dtype} and {y_all.dtype}")
         if x_all.shape[0] < batch_size:
             raise ValueError(f"batch_size {batch_size} exceeds the {x_all.shape[0]} samples")
 
@@ -96,20 +99,22 @@ def estimate_mi(
             index = torch.randperm(x_all.shape[0], generator=g)[:b]
             return x_all[index], y_all[index]
 
-        probe = (x_all, y_all)
+    batch = sample(batch_size, generator)  # the first step's batch also sizes a critic built here
     if isinstance(critic, nn.Module):
         model = critic
     else:
-        assert probe is not None
-        model = make_critic(critic, probe[0].shape[1], probe[1].shape[1], seed=seed)
+        model = make_critic(critic, batch[0].shape[1], batch[1].shape[1], seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     state = MineState(None)
     trajectory = []
     from tqdm.auto import tqdm
 
-    for _ in tqdm(range(steps), desc=bound, disable=not progress, leave=False, dynamic_ncols=True):
-        x, y = sample(batch_size, generator)
-        value, state = _bound_value(bound, model(x, y), state, tau)
+    for step in tqdm(range(steps), desc=bound, disable=not progress, leave=False, dynamic_ncols=True):
+        x, y = batch if step == 0 else sample(batch_size, generator)
+        scores = model(x, y)
+        if not bool(torch.isfinite(scores).all()):
+            raise FloatingPointError(f"the critic's scores became non-finite at step {step}; try a smaller lr")
+        value, state = _bound_value(bound, scores, state, tau)
         if not bool(torch.isfinite(value)):
             raise FloatingPointError(f"the {bound} bound became {float(value)}; try a smaller lr or another bound")
         optimizer.zero_grad(set_to_none=True)

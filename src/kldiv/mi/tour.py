@@ -44,7 +44,7 @@ def mi_section(ctx: Context) -> Section:
             "takes 4000 steps per level). InfoNCE has a low variance but can never exceed "
             f"log {BATCH} = {math.log(BATCH):.2f} nats, whatever the critic; SMILE (the Donsker-Varadhan bound with "
             "its partition term clipped at 5, trained with the Jensen-Shannon gradient) follows the staircase at a "
-            "small bias, with a spread that grows with the mutual information.",
+            "small bias, with a spread that grows with the mutual information (the table below, from this short run).",
             table,
             Figure(
                 "mi-staircase",

@@ -10,7 +10,6 @@ noise) and reports the accuracy, the NLL of that average and the mean rate (nats
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from kldiv.bayes.predict import predictive_log_probs
 from kldiv.data import DATASETS, IMAGE_SHAPES, ImageDataset
 from kldiv.runs import OptionError, Run, RunOptions, TrainingLoop, load_checkpoint
 from kldiv.runs import load_config as load_run_config
@@ -117,7 +117,10 @@ def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VIBClassifier]:
 
 @torch.no_grad()
 def evaluate(model: VIBClassifier, x: Tensor, y: Tensor, *, samples: int, seed: int, chunk: int = 1000) -> VIBMetrics:
-    """Accuracy, NLL and mean rate on ``(x, y)``: the softmax averaged over ``samples`` codes (from ``seed``)."""
+    """Accuracy, NLL and mean rate on ``(x, y)``: the softmax averaged over ``samples`` codes (from ``seed``; torch's
+    global generator is left as it was)."""
+    check.integer("samples", samples, low=1)
+    check.integer("chunk", chunk, low=1)
     was_training = model.training
     model.eval()
     correct, nll, rate = 0.0, 0.0, 0.0
@@ -127,7 +130,7 @@ def evaluate(model: VIBClassifier, x: Tensor, y: Tensor, *, samples: int, seed: 
             for start in range(0, x.shape[0], chunk):
                 xb, yb = x[start : start + chunk], y[start : start + chunk]
                 logits, mu, log_sigma = model(xb, samples)
-                log_p = torch.logsumexp(torch.log_softmax(logits, -1), 0) - math.log(samples)
+                log_p = predictive_log_probs(torch.log_softmax(logits, -1))
                 correct += float((log_p.argmax(-1) == yb).sum())
                 nll += float(-log_p.gather(-1, yb[:, None]).sum())
                 rate += float(vib_terms(logits, yb, mu, log_sigma, beta=0.0).rate) * xb.shape[0]
