@@ -93,3 +93,14 @@ def test_target_kl_zero_turns_early_stopping_off(tmp_path: Path) -> None:
     stopped = [line.split(",") for line in (out / "updates.csv").read_text().splitlines()]
     column = stopped[0].index("stopped_early")
     assert {row[column] for row in stopped[1:]} == {"0.0"}
+
+
+def test_a_resume_with_fewer_steps_than_trained_names_total_steps(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["rl", "trpo", *SHORT["trpo"], "--hidden", "8", "--no-progress", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["rl", "trpo", "--resume", "--total-steps", "256", "--no-progress", "--out", str(out)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1
+    assert lines[0].startswith("error: --total-steps: the run has trained 512 environment steps (2 epochs of 256)")

@@ -39,6 +39,7 @@ from kldiv.rl.training import (
     RolloutPlan,
     UpdateLog,
     check_options,
+    check_total_steps,
     collect_rollout,
     parse_hidden,
     write_logs,
@@ -136,6 +137,7 @@ def train(config: PPOConfig, options: RunOptions | None = None) -> RLResult:
     batch = config.batch
     volatile = VOLATILE if config.anneal_lr else (*VOLATILE, "total_steps")  # the annealing spans the run
     with Run.open(options, command=COMMAND, config=asdict(config), volatile=volatile, fixed=FIXED) as run:
+        check_total_steps(run, config.epochs, config.updates_per_epoch * config.batch)
         loop = TrainingLoop(
             run,
             model=nets,

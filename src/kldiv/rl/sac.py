@@ -32,7 +32,15 @@ from kldiv.discrete import entropy_from_logits
 from kldiv.rl.agents import mlp
 from kldiv.rl.constraints import sac_temperature_loss
 from kldiv.rl.envs import EnvBatch
-from kldiv.rl.training import RLResult, UpdateLog, check_options, epoch_plan, parse_hidden, write_logs
+from kldiv.rl.training import (
+    RLResult,
+    UpdateLog,
+    check_options,
+    check_total_steps,
+    epoch_plan,
+    parse_hidden,
+    write_logs,
+)
 from kldiv.runs import Run, RunOptions, TrainingLoop
 from kldiv.runs import load_config as load_run_config
 from kldiv.runs import options as check
@@ -255,6 +263,7 @@ def train(config: SACConfig, options: RunOptions | None = None) -> RLResult:
             window[k] = window.get(k, 0.0) + v
 
     with Run.open(options, command=COMMAND, config=asdict(config), volatile=VOLATILE, fixed=FIXED) as run:
+        check_total_steps(run, config.epochs, config.steps_per_epoch * config.n_envs)
         loop = TrainingLoop(
             run,
             model=nets,

@@ -32,6 +32,7 @@ __all__ = [
     "RolloutPlan",
     "UpdateLog",
     "check_options",
+    "check_total_steps",
     "collect_rollout",
     "epoch_plan",
     "gae",
@@ -94,6 +95,19 @@ class RolloutPlan:
     def epochs(self) -> int:
         """Epochs of the run (``total_steps`` rounded up to whole epochs)."""
         return epoch_plan(self.total_steps, self.epoch_steps, self.batch)[1]
+
+
+def check_total_steps(run: Run, epochs: int, env_steps_per_epoch: int) -> None:
+    """Refuse a resume whose ``total_steps`` is less than the run has trained, naming ``total_steps`` (the run
+    layer would name its epochs, which the RL commands do not expose)."""
+    state = run.checkpoint.state.get("loop") if run.checkpoint is not None else None
+    done = state.get("epoch") if isinstance(state, dict) else None
+    if isinstance(done, int) and done > epochs:
+        raise OptionError(
+            "total_steps",
+            f"the run has trained {done * env_steps_per_epoch} environment steps ({done} epochs of "
+            f"{env_steps_per_epoch}); give at least that many, or start a new run",
+        )
 
 
 def parse_hidden(text: object) -> tuple[int, ...]:

@@ -32,6 +32,7 @@ from kldiv.rl.training import (
     RolloutPlan,
     UpdateLog,
     check_options,
+    check_total_steps,
     collect_rollout,
     parse_hidden,
     write_logs,
@@ -149,6 +150,7 @@ def train(config: TRPOConfig, options: RunOptions | None = None) -> RLResult:
     value_optimizer = torch.optim.Adam(value.parameters(), lr=config.value_lr, foreach=True)
     log = UpdateLog()
     with Run.open(options, command=COMMAND, config=asdict(config), volatile=VOLATILE, fixed=FIXED) as run:
+        check_total_steps(run, config.epochs, config.updates_per_epoch * config.batch)
         loop = TrainingLoop(
             run,
             model=nets,
