@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from pathlib import Path
 
@@ -42,7 +41,6 @@ def test_the_statistics_are_those_of_each_levels_second_half() -> None:
             assert row.mean == pytest.approx(statistics.fmean(tail))
             assert row.bias == pytest.approx(row.mean - row.truth)
             assert row.std == pytest.approx(statistics.stdev(tail))
-    assert max(result.estimates["infonce"]) <= math.log(16) + 1e-6
 
 
 def test_each_level_lasts_steps_per_level_batches(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,19 +94,8 @@ EVAL_SEED_OFFSET = 1000  # epoch e's evaluation draws from seed + 1000 + e; the 
 
 
 def parse_hidden(text: object) -> tuple[int, ...]:
-    """The hidden widths from ``"400,400"`` (one or more ints >= 1); :class:`OptionError` naming ``hidden``."""
-    if not isinstance(text, str):
-        raise OptionError("hidden", f"must be comma-separated widths such as '400,400', got {text!r}")
-    widths = []
-    for i, part in enumerate(text.split(",")):
-        try:
-            width = int(part.strip())
-        except ValueError:
-            raise OptionError("hidden", f"entry {i} is {part.strip()!r}, not an integer (e.g. '400,400')") from None
-        if width < 1:
-            raise OptionError("hidden", f"entry {i} is {width}; widths are >= 1")
-        widths.append(width)
-    return tuple(widths)
+    """The hidden widths from ``"400,400"``; :class:`OptionError` naming ``hidden``."""
+    return check.widths("hidden", text)
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def load_config(run_dir: str | Path) -> PPOConfig:
 
 
 def build_networks(config: PPOConfig, envs: EnvBatch) -> nn.ModuleDict:
-    """``{"policy", "value"}``, initialized from the seed."""
+    """``{"policy", "value"}``, initialized from the random seed."""
     torch.manual_seed(config.seed)
     hidden = parse_hidden(config.hidden)
     policy = make_policy(envs.obs_dim, envs.n_actions, envs.action_dim, hidden)

@@ -111,18 +111,8 @@ def check_total_steps(run: Run, epochs: int, env_steps_per_epoch: int) -> None:
 
 
 def parse_hidden(text: object) -> tuple[int, ...]:
-    """Hidden widths from ``"64,64"`` (one or more ints >= 1); :class:`OptionError` naming ``hidden``."""
-    widths = []
-    parts = text.split(",") if isinstance(text, str) else None
-    for i, part in enumerate(parts or [""]):
-        try:
-            width = int(part.strip())
-        except ValueError:
-            raise OptionError("hidden", f"must be comma-separated widths such as '64,64', got {text!r}") from None
-        if width < 1:
-            raise OptionError("hidden", f"entry {i} is {width}; widths are >= 1")
-        widths.append(width)
-    return tuple(widths)
+    """Hidden widths from ``"64,64"``; :class:`OptionError` naming ``hidden``."""
+    return check.widths("hidden", text)
 
 
 def gae(

@@ -46,6 +46,22 @@ def number(
     return x
 
 
+def widths(name: str, text: object) -> tuple[int, ...]:
+    """Layer widths from ``"400,400"`` (one or more ints >= 1)."""
+    if not isinstance(text, str):
+        raise OptionError(name, f"must be comma-separated widths such as '400,400', got {text!r}")
+    out = []
+    for i, part in enumerate(text.split(",")):
+        try:
+            width = int(part.strip())
+        except ValueError:
+            raise OptionError(name, f"entry {i} is {part.strip()!r}, not an integer (e.g. '400,400')") from None
+        if width < 1:
+            raise OptionError(name, f"entry {i} is {width}; widths are >= 1")
+        out.append(width)
+    return tuple(out)
+
+
 def choice(name: str, value: object, choices: Collection[str]) -> str:
     """One of ``choices``."""
     if value not in choices:

@@ -33,18 +33,6 @@ FIXED = ("dataset", "data", "hidden", "z_dim", "batch_size", "seed")
 EVAL_SEED_OFFSET = 1000
 
 
-def parse_widths(text: object) -> tuple[int, ...]:
-    """Hidden widths from ``"1024,1024"``; :class:`OptionError` naming ``hidden``."""
-    parts = text.split(",") if isinstance(text, str) else [""]
-    try:
-        widths = tuple(int(p.strip()) for p in parts)
-    except ValueError:
-        raise OptionError("hidden", f"must be comma-separated widths such as '1024,1024', got {text!r}") from None
-    if any(w < 1 for w in widths):
-        raise OptionError("hidden", f"widths are >= 1, got {text!r}")
-    return widths
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """The options of a VIB run (``kldiv vib train --help`` documents each)."""
@@ -64,7 +52,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check.choice("dataset", self.dataset, DATASETS)
-        object.__setattr__(self, "hidden", ",".join(map(str, parse_widths(self.hidden))))
+        object.__setattr__(self, "hidden", ",".join(map(str, check.widths("hidden", self.hidden))))
         for name in ("z_dim", "train_samples", "eval_samples", "epochs", "batch_size"):
             check.integer(name, getattr(self, name), low=1)
         check.number("beta", self.beta, low=0.0)
@@ -104,7 +92,7 @@ def build_model(config: TrainConfig) -> VIBClassifier:
     """The VIB classifier of the configuration, initialized from its seed."""
     c, h, w = IMAGE_SHAPES[config.dataset]
     torch.manual_seed(config.seed)
-    return VIBClassifier(c * h * w, parse_widths(config.hidden), config.z_dim, NUM_CLASSES)
+    return VIBClassifier(c * h * w, check.widths("hidden", config.hidden), config.z_dim, NUM_CLASSES)
 
 
 def load_trained(run_dir: str | Path) -> tuple[TrainConfig, VIBClassifier]:
